@@ -1,0 +1,99 @@
+"""Run configuration for each asset: the knobs a profile in profiles/*.yaml may turn.
+
+Defaults here are the seed's real-run settings; `profiles/demo.yaml` shrinks them for a CPU.
+Pydantic validates every value, so a profile with a wrong type or an impossible number fails
+at launch with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import dagster as dg
+from pydantic import Field
+
+HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+# Pinned so that a rerun reads the same bytes; bump deliberately (the revision sensor says when).
+HUB_DATASET_REVISION = "main"
+
+
+class RawDatasetConfig(dg.Config):
+    source: Literal["sample", "file", "hub"] = Field(
+        default="sample", description="sample: the records bundled in the package; file: `path`; hub: `hub_dataset`."
+    )
+    path: Optional[str] = Field(default=None, description="JSON, JSONL, Parquet or CSV file, for source=file.")
+    hub_dataset: str = HUB_DATASET
+    hub_config: str = "en"
+    hub_split: str = "train"
+    hub_revision: str = Field(default=HUB_DATASET_REVISION, description="Dataset commit or tag to load.")
+    max_records: Optional[int] = Field(default=None, ge=1, description="Keep only the first N records.")
+
+
+class FormattingConfig(dg.Config):
+    validation_size: int = Field(default=100, ge=1, description="Records held out for evaluation.")
+    seed: int = 3407
+    overlength_policy: Literal["drop", "truncate"] = Field(
+        default="drop", description="Records longer than max_seq_length: drop them, or keep them and let the trainer truncate."
+    )
+    max_dropped_share: float = Field(default=0.2, ge=0.0, le=1.0, description="Above this, the drop-rate check warns.")
+
+
+class TrainingConfig(dg.Config):
+    backend: Literal["auto", "transformers", "unsloth"] = Field(
+        default="auto", description="auto: Unsloth when CUDA is visible, else transformers + PEFT."
+    )
+    load_in_4bit: bool = True
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    max_steps: int = Field(default=200, ge=1)
+    per_device_train_batch_size: int = Field(default=1, ge=1)
+    gradient_accumulation_steps: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = Field(default=5, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    optim: str = "adamw_8bit"
+    packing: bool = False
+    padding_free: bool = False
+    gradient_checkpointing: bool = True
+    eval_steps: Optional[int] = Field(default=50, ge=1, description="Evaluate on the validation split every N steps; null turns it off.")
+    logging_steps: int = Field(default=1, ge=1)
+    save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last one.")
+    save_total_limit: int = Field(default=2, ge=1)
+    num_gpus: int = Field(default=1, ge=0, description="Data-parallel processes; 0 means every visible GPU.")
+    seed: int = 3407
+    report_to_wandb: bool = True
+
+
+class MergeConfig(dg.Config):
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_shard_size: str = "5GB"
+
+
+class EvaluationConfig(dg.Config):
+    num_questions: Optional[int] = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
+    batch_size: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=1024, ge=1)
+    continuation_tokens: int = Field(
+        default=512, ge=0, description="Extra tokens granted to an answer that has not closed </response> yet."
+    )
+    do_sample: bool = False
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    compare_with_base: bool = True
+    rouge_tolerance: float = Field(
+        default=0.02, ge=0, description="The release gate fails when fine-tuned ROUGE-L < base ROUGE-L - tolerance."
+    )
+    format_compliance_floor: float = Field(default=0.9, ge=0, le=1)
+
+
+class ReleaseConfig(dg.Config):
+    repo_id: str = Field(default="your-org/medcot-llama-3.2-3b", description="Hub repository for the merged model.")
+    private: bool = True
+    adapter: Literal["subfolder", "separate_repo", "none"] = Field(
+        default="subfolder", description="Where the LoRA adapter goes: `adapter/` in the model repo, `<repo_id>-lora`, or nowhere."
+    )
+    license: str = "llama3.2"
+    commit_message: str = "medcot release"
