@@ -1,0 +1,74 @@
+"""Build the real Definitions from a test profile and run them on a real (sqlite) Dagster instance."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+ASSETS = ("raw_dataset", "formatted_splits", "lora_adapter", "merged_model", "rouge_report", "hub_release")
+
+
+def tiny_profile(base_model: Path, artifacts: Path, **ops_overrides) -> dict:
+    """A profile that runs the whole graph in about a minute on a tiny random Llama."""
+    profile = {
+        "ops": {
+            "raw_dataset": {"config": {"source": "sample", "max_records": 16}},
+            "formatted_splits": {"config": {"validation_size": 3}},
+            "lora_adapter": {"config": {
+                "backend": "transformers", "load_in_4bit": False, "max_steps": 2,
+                "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
+                "optim": "adamw_torch", "gradient_checkpointing": False, "eval_steps": 2, "save_steps": 2,
+                "report_to_wandb": False,
+            }},
+            "merged_model": {"config": {"dtype": "float32"}},
+            "rouge_report": {"config": {
+                "num_questions": 2, "batch_size": 2, "max_new_tokens": 8, "continuation_tokens": 0,
+                "format_compliance_floor": 0.0, "rouge_tolerance": 1.0,
+            }},
+            "hub_release": {"config": {"repo_id": "test-org/medcot-test"}},
+        },
+        "resources": {
+            "artifacts": {"config": {"root": str(artifacts)}},
+            "base_model": {"config": {"name": str(base_model), "max_seq_length": 384}},
+        },
+    }
+    for asset, values in ops_overrides.items():
+        profile["ops"].setdefault(asset, {"config": {}})["config"].update(values)
+    return profile
+
+
+def write_profile(path: Path, profile: dict) -> Path:
+    path.write_text(yaml.safe_dump(copy.deepcopy(profile)))
+    return path
+
+
+def load_defs(profile_path: Path) -> dg.Definitions:
+    from medcot_pipeline.definitions import RESOURCE_TYPES, build_definitions
+    from medcot_pipeline.profiles import load_profile
+
+    return build_definitions(load_profile(profile_path, RESOURCE_TYPES))
+
+
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def()
+    keys = None if selection is None else [dg.AssetKey(k) if isinstance(k, str) else k for k in selection]
+    return job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
+
+
+def stale_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    assets = list(defs.resolve_asset_graph().assets_defs)
+    resolver = get_stale_status_resolver(instance, assets)
+    return {
+        key.to_user_string()
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        if resolver.get_status(key) == dg.StaleStatus.STALE
+    }
+
+
+def materialized_in(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}

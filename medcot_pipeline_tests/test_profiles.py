@@ -1,0 +1,56 @@
+"""Profiles: every shipped one loads, and a bad one fails at launch with the key named."""
+
+import pytest
+
+from medcot_pipeline.definitions import RESOURCE_TYPES
+from medcot_pipeline.profiles import PROFILES_DIR, ProfileError, load_profile
+
+
+@pytest.mark.parametrize("name", ["demo", "t4", "h100"])
+def test_shipped_profiles_load(name):
+    profile = load_profile(PROFILES_DIR / f"{name}.yaml", RESOURCE_TYPES)
+    assert profile.asset_config("lora_adapter").lora_r == 16
+
+
+def test_t4_profile_is_the_seed():
+    profile = load_profile(PROFILES_DIR / "t4.yaml", RESOURCE_TYPES)
+    training = profile.asset_config("lora_adapter")
+    assert profile.resource_values("base_model")["name"] == "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (1, 8)
+    assert (training.learning_rate, training.max_steps, training.eval_steps) == (1e-5, 200, 50)
+    assert (training.lora_r, training.lora_alpha, training.lora_dropout) == (16, 32, 0.05)
+    assert profile.resource_values("base_model")["max_seq_length"] == 1024
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ("ops:\n  lora_adapter:\n    config:\n      max_stepz: 3\n", "ops.lora_adapter.config.max_stepz"),
+        ("ops:\n  lora_adapter:\n    config:\n      max_steps: -1\n", "ops.lora_adapter.config.max_steps"),
+        ("ops:\n  lora_adapter:\n    config:\n      learning_rate: fast\n", "ops.lora_adapter.config.learning_rate"),
+        ("resources:\n  base_model:\n    config:\n      max_seq_length: 0\n", "resources.base_model.config.max_seq_length"),
+        ("ops:\n  not_an_asset:\n    config: {}\n", "ops.not_an_asset"),
+        ("resources:\n  hub:\n    config:\n      token: hf_abc\n", "secrets come from the environment"),
+        ("oops: 1\n", "unknown top-level key"),
+        ("ops: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_profile_names_the_key(tmp_path, body, named):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ProfileError) as err:
+        load_profile(path, RESOURCE_TYPES)
+    assert named in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_profile_says_so(tmp_path):
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(tmp_path / "nope.yaml", RESOURCE_TYPES)
+
+
+def test_profile_values_become_config_defaults():
+    profile = load_profile(PROFILES_DIR / "demo.yaml", RESOURCE_TYPES)
+    cls = profile.config_class("lora_adapter")
+    assert cls().max_steps == profile.ops["lora_adapter"]["max_steps"]
+    assert cls(max_steps=3).max_steps == 3
