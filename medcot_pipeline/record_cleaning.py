@@ -1,0 +1,154 @@
+"""Clean raw records so every kept row can be formatted into a well-formed training target.
+
+The rule, applied to Question, Complex_CoT and Response in that order:
+
+- A value must end up a non-empty string. ints and finite floats become text (`coerced_<field>`;
+  a whole float such as 42.0 becomes "42", because pandas turns int columns with a gap into floats).
+  None/NaN drops the row (`dropped_null_<field>`); bools, lists, dicts and any other type drop it
+  (`dropped_non_string_<field>`).
+- CRLF and lone CR become LF; the strings <think>, </think>, <response> and </response> are removed
+  (`stripped_tags` counts the fields changed) so the target never holds nested or unbalanced tags;
+  leading and trailing whitespace is stripped. Nothing left drops the row (`dropped_empty_<field>`).
+- A row is counted under the first field that fails, so input_rows = output_rows + the dropped_* counts.
+- Of rows whose normalised Question is identical, the first is kept (`dropped_duplicate_question`).
+
+Multiple-choice metadata, when present, never drops a row: `options` may be a dict, a JSON string or
+a Python-repr string (the Hub data stores repr), and is stored as a JSON object string; a null letter
+(Parquet fills letters other rows have) is left out; anything unreadable becomes null
+(`nulled_bad_options`). `answer_idx` and `answer` become stripped strings, or null.
+Other columns pass through untouched. No row left raises DatasetError with the counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from numbers import Integral, Real
+
+import pandas as pd
+
+from medcot_pipeline.chat_format import TAGS
+from medcot_pipeline.dataset_sources import REQUIRED_COLUMNS, DatasetError
+
+_NULL, _NON_STRING = "null", "non_string"
+_BAD = object()  # marks options that were present but unreadable, so they can be counted
+
+
+def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows that pass the rule above, re-indexed, and how many rows each part of it touched."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
+    if missing:
+        raise DatasetError(f"cannot clean records: column(s) {missing} missing; columns found: {list(df.columns)}")
+
+    counts = {"input_rows": len(df)}
+    for field in REQUIRED_COLUMNS:
+        for reason in ("null", "non_string", "empty"):
+            counts[f"dropped_{reason}_{field}"] = 0
+    counts |= {f"coerced_{field}": 0 for field in REQUIRED_COLUMNS}
+    counts |= {"stripped_tags": 0, "dropped_duplicate_question": 0, "nulled_bad_options": 0}
+
+    kept_positions: list[int] = []
+    cleaned: dict[str, list[str]] = {field: [] for field in REQUIRED_COLUMNS}
+    seen_questions: set[str] = set()
+    columns = {field: df[field].tolist() for field in REQUIRED_COLUMNS}
+    for position in range(len(df)):
+        row: dict[str, str] = {}
+        for field in REQUIRED_COLUMNS:
+            text, problem = _as_text(columns[field][position])
+            if problem is not None:
+                counts[f"dropped_{problem}_{field}"] += 1
+                break
+            if not isinstance(columns[field][position], str):
+                counts[f"coerced_{field}"] += 1
+            text, had_tags = _normalise(text)
+            counts["stripped_tags"] += had_tags
+            if not text:
+                counts[f"dropped_empty_{field}"] += 1
+                break
+            row[field] = text
+        else:
+            if row["Question"] in seen_questions:
+                counts["dropped_duplicate_question"] += 1
+                continue
+            seen_questions.add(row["Question"])
+            kept_positions.append(position)
+            for field in REQUIRED_COLUMNS:
+                cleaned[field].append(row[field])
+
+    counts["output_rows"] = len(kept_positions)
+    if not kept_positions:
+        reasons = {key: value for key, value in counts.items() if value and key != "input_rows"}
+        raise DatasetError(f"no record survived cleaning: {counts['input_rows']} rows in, dropped {reasons}")
+
+    out = df.iloc[kept_positions].reset_index(drop=True)
+    for field in REQUIRED_COLUMNS:
+        out[field] = cleaned[field]
+    if "options" in out.columns:
+        options = [_options_json(value) for value in out["options"].tolist()]
+        counts["nulled_bad_options"] = sum(1 for value in options if value is _BAD)
+        out["options"] = [None if value is _BAD else value for value in options]
+    for field in ("answer_idx", "answer"):
+        if field in out.columns:
+            out[field] = [_optional_text(value) for value in out[field].tolist()]
+    return out, counts
+
+
+def _is_null(value) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_text(value) -> tuple[str, str | None]:
+    """(text, None) for a usable value, ("", reason) otherwise."""
+    if _is_null(value):
+        return "", _NULL
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, bool):  # a bool is an Integral, but True is not a question
+        return "", _NON_STRING
+    if isinstance(value, Integral):
+        return str(int(value)), None
+    if isinstance(value, Real) and math.isfinite(value):
+        number = float(value)
+        return (str(int(number)) if number.is_integer() else str(number)), None
+    return "", _NON_STRING
+
+
+def _normalise(text: str) -> tuple[str, bool]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    had_tags = any(tag in text for tag in TAGS)
+    for tag in TAGS:
+        text = text.replace(tag, "")
+    return text.strip(), had_tags
+
+
+def _optional_text(value) -> str | None:
+    text, problem = _as_text(value)
+    text = text.strip() if problem is None else ""
+    return text or None
+
+
+def _options_json(value):
+    """A JSON object string of letter -> option text, None when absent, _BAD when unreadable."""
+    if _is_null(value):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return _BAD
+    if not isinstance(value, dict):
+        return _BAD
+    options = {}
+    for letter, text in value.items():
+        if _is_null(text):
+            continue  # Parquet stores options as a struct: letters other rows have come back as null
+        if not isinstance(letter, str) or not isinstance(text, str) or not text.strip():
+            return _BAD
+        options[letter.strip()] = text.strip()
+    return json.dumps(options, ensure_ascii=False) if options else _BAD

@@ -1,0 +1,193 @@
+"""The model card states the report's numbers, the safety statement and the lineage, and survives a round trip."""
+
+import re
+
+import pytest
+from huggingface_hub import ModelCard
+
+from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+from medcot_pipeline.model_card import ReleaseFacts, build_adapter_card, build_model_card
+
+REPORT = {
+    "fine_tuned": {
+        "rouge_l_response": 0.31876,
+        "rouge_l_full": 0.27412,
+        "format_compliance": 0.96,
+        "truncation_rate": 0.03,
+        "mc_accuracy": 0.58,
+        "tokens_per_second": 41.2,
+    },
+    "base": {"rouge_l_response": 0.18234, "rouge_l_full": 0.16001, "format_compliance": 0.0, "truncation_rate": 0.11},
+    "n": 100,
+    "config": {"do_sample": False, "max_new_tokens": 1024, "temperature": 0.7},
+}
+
+TRAINING = {
+    "profile": "h100",
+    "max_steps": 200,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "learning_rate": 1e-05,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 8,
+    "max_seq_length": 2048,
+    "backend": "unsloth",
+    "load_in_4bit": True,
+    "lora_target_modules": ["q_proj", "v_proj"],
+}
+
+
+def facts(**overrides) -> ReleaseFacts:
+    values = dict(
+        repo_id="clinic-ml/medcot-llama-3.2-3b",
+        base_model="meta-llama/Llama-3.2-3B-Instruct",
+        dataset_id="FreedomIntelligence/medical-o1-reasoning-SFT",
+        dataset_config="en",
+        dataset_revision="fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7",
+        license="llama3.2",
+        metrics=REPORT,
+        training=TRAINING,
+        hardware="1x NVIDIA H100 80GB HBM3",
+        wall_time_seconds=3725.0,
+        code_version={"lora_adapter": "a1b2c3d4e5f6", "hub_release": "0f9e8d7c6b5a"},
+        wandb_run="https://wandb.ai/clinic-ml/medcot/runs/abc123",
+        adapter_location="adapter/",
+    )
+    values.update(overrides)
+    return ReleaseFacts(**values)
+
+
+def table_row(text: str, label: str) -> list[str]:
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no table row {label!r}")
+
+
+def test_metadata_and_model_index_carry_the_report_numbers():
+    card = build_model_card(facts())
+    data = card.data
+
+    assert data.base_model == "meta-llama/Llama-3.2-3B-Instruct"
+    assert data.datasets == ["FreedomIntelligence/medical-o1-reasoning-SFT"]
+    assert (data.license, data.language, data.library_name, data.pipeline_tag) == ("llama3.2", "en", "transformers", "text-generation")
+    assert {"medical", "lora", "unsloth", "trl"} <= set(data.tags)
+
+    scores = {(r.metric_type, r.metric_name): r.metric_value for r in data.eval_results}
+    assert scores == {
+        ("rouge", "ROUGE-L F1 (response)"): 0.3188,
+        ("rouge", "ROUGE-L F1 (think + response)"): 0.2741,
+        ("format_compliance", "Format compliance"): 0.96,
+        ("truncation_rate", "Truncation rate"): 0.03,
+        ("accuracy", "Multiple-choice accuracy"): 0.58,
+    }
+    result = data.eval_results[0]
+    assert result.dataset_type == "FreedomIntelligence/medical-o1-reasoning-SFT"
+    assert result.dataset_revision == "fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7" and result.dataset_config == "en"
+    assert "100 held-out questions" in result.dataset_name
+    assert data.to_dict()["model-index"][0]["name"] == "clinic-ml/medcot-llama-3.2-3b"
+
+
+def test_results_table_compares_base_and_fine_tuned():
+    text = build_model_card(facts()).text
+
+    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["0.1823", "0.3188"]
+    assert table_row(text, "ROUGE-L F1, whole output") == ["0.1600", "0.2741"]
+    assert table_row(text, "Well-formed `<think>`/`<response>` output") == ["0.0000", "0.9600"]
+    assert table_row(text, "Cut off before `</response>` (lower is better)") == ["0.1100", "0.0300"]
+    assert table_row(text, "Multiple-choice accuracy") == ["n/a", "0.5800"]
+    assert "100 questions held out of training" in text
+    assert "with greedy decoding, up to 1024 new tokens" in text
+
+
+def test_card_says_it_is_not_a_medical_device():
+    text = build_model_card(facts()).text.lower()
+    assert "not a medical device" in text
+    assert "not for clinical decisions" in text
+    assert "## intended use" in text and "## limitations" in text
+
+
+def test_training_hardware_and_lineage():
+    text = build_model_card(facts()).text
+
+    assert table_row(text, "LoRA rank r") == ["16"] and table_row(text, "LoRA alpha") == ["32"]
+    assert table_row(text, "Learning rate") == ["1e-05"] and table_row(text, "Optimizer steps") == ["200"]
+    assert table_row(text, "Gradient accumulation steps") == ["8"]
+    assert table_row(text, "Max sequence length (tokens)") == ["2048"]
+    assert table_row(text, "LoRA target modules") == ["q_proj, v_proj"]
+    assert "4-bit QLoRA, Unsloth and TRL" in text
+    assert "Hardware: 1x NVIDIA H100 80GB HBM3. Training wall time: 1 h 02 min." in text
+    assert table_row(text, "`lora_adapter`") == ["`a1b2c3d4e5f6`"]
+    assert table_row(text, "`hub_release`") == ["`0f9e8d7c6b5a`"]
+    assert "revision `fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7`" in text
+    assert "https://wandb.ai/clinic-ml/medcot/runs/abc123" in text
+
+
+def test_round_trip_through_model_card():
+    card = build_model_card(facts())
+    again = ModelCard(str(card))
+
+    assert again.data.to_dict() == card.data.to_dict()
+    assert again.text == card.text
+    assert [r.metric_value for r in again.data.eval_results] == [r.metric_value for r in card.data.eval_results]
+
+
+def test_local_sources_stay_out_of_hub_metadata(tmp_path):
+    card = build_model_card(
+        facts(
+            base_model=EMBEDDED_SMOLLM2,
+            dataset_id="bundled sample",
+            metrics={"fine_tuned": {"rouge_l_response": 0.1}, "n": 8},
+            training={"backend": "transformers", "load_in_4bit": False},
+            code_version="0.1.0",
+            wandb_run=str(tmp_path / "wandb" / "offline-run-1"),
+            wall_time_seconds=None,
+            adapter_location=None,
+        )
+    )
+    again = ModelCard(str(card))
+
+    assert again.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert again.data.datasets is None  # not a Hub dataset id
+    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["n/a", "0.1000"]
+    assert "16-bit base weights, TRL and PEFT" in card.text
+    assert "offline" in card.text and "offline-run-1" in card.text
+    assert "Code version: `0.1.0`" in card.text and "wall time: not recorded" in card.text
+    assert "the LoRA adapter is not" in card.text
+
+    local = build_model_card(facts(base_model=str(tmp_path)))
+    assert local.data.base_model is None and f"`{tmp_path}` (a local checkpoint)" in local.text
+
+
+def test_adapter_location_is_explained():
+    subfolder = build_model_card(facts()).text
+    assert 'PeftModel.from_pretrained(base, "clinic-ml/medcot-llama-3.2-3b", subfolder="adapter")' in subfolder
+
+    separate = build_model_card(facts(adapter_location="clinic-ml/medcot-llama-3.2-3b-lora")).text
+    assert "https://huggingface.co/clinic-ml/medcot-llama-3.2-3b-lora" in separate
+    assert 'PeftModel.from_pretrained(base, "clinic-ml/medcot-llama-3.2-3b-lora")' in separate
+
+    adapter_card = build_adapter_card(build_model_card(facts()), "clinic-ml/medcot-llama-3.2-3b-lora")
+    assert adapter_card.data.library_name == "peft"
+    assert adapter_card.data.base_model == "meta-llama/Llama-3.2-3B-Instruct"
+    assert "not a medical device" in adapter_card.text
+
+
+def test_usage_snippet_runs_and_splits_the_tags(tiny_llama_dir):
+    """The card's Python snippet, run as written against a local tiny Llama instead of the Hub repo."""
+    text = build_model_card(facts()).text
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+    snippet = snippet.replace('"clinic-ml/medcot-llama-3.2-3b"', repr(str(tiny_llama_dir)))
+    snippet = snippet.replace("max_new_tokens=1024", "max_new_tokens=4")
+    scope = {}
+    exec(compile(snippet, "model_card_usage", "exec"), scope)
+    assert isinstance(scope["reasoning"], str) and isinstance(scope["answer"], str)
+
+    tagged = "<think>K+ shifts the resting potential</think><response>Hyperkalaemia</response>"
+    split = "reasoning = text.split", "answer = text.split"
+    lines = [line for line in snippet.splitlines() if line.startswith(split)]
+    scope = {"text": tagged}
+    exec("\n".join(lines), scope)
+    assert (scope["reasoning"], scope["answer"]) == ("K+ shifts the resting potential", "Hyperkalaemia")

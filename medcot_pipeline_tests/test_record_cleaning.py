@@ -1,0 +1,176 @@
+"""The cleaning rule: each way a record can be bad, what happens to it, and how it is counted."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medcot_pipeline.configs import RawDatasetConfig
+from medcot_pipeline.dataset_sources import DatasetError, load_records
+from medcot_pipeline.record_cleaning import clean_records
+
+
+def record(question="What lowers LDL most?", cot="Okay, statins inhibit HMG-CoA reductase.", response="Statins.", **extra):
+    return {"Question": question, "Complex_CoT": cot, "Response": response, **extra}
+
+
+def drops(counts):
+    return {key: value for key, value in counts.items() if key.startswith("dropped_") and value}
+
+
+def assert_rows_add_up(counts):
+    dropped = sum(value for key, value in counts.items() if key.startswith("dropped_"))
+    assert counts["input_rows"] == counts["output_rows"] + dropped
+
+
+@pytest.mark.parametrize(
+    "bad_value,reason",
+    [
+        (None, "null"),
+        (float("nan"), "null"),
+        ("   \n\t ", "empty"),
+        ("", "empty"),
+        (["a", "list"], "non_string"),
+        ({"a": "dict"}, "non_string"),
+        (True, "non_string"),
+        (float("inf"), "non_string"),
+    ],
+)
+@pytest.mark.parametrize("field", ["Question", "Complex_CoT", "Response"])
+def test_bad_field_drops_the_row_and_is_counted(field, bad_value, reason):
+    rows = [record(question="keep me?"), {**record(), field: bad_value}]
+    out, counts = clean_records(pd.DataFrame(rows))
+    assert out["Question"].tolist() == ["keep me?"]
+    assert drops(counts) == {f"dropped_{reason}_{field}": 1}
+    assert_rows_add_up(counts)
+
+
+def test_numbers_are_coerced_to_text():
+    rows = [record(question=42), record(question="b?", response=3.5), record(question="c?", cot=np.int64(7)), record(question=12.0)]
+    out, counts = clean_records(pd.DataFrame(rows))
+    assert out["Question"].tolist() == ["42", "b?", "c?", "12"]
+    assert out["Response"].tolist()[1] == "3.5"
+    assert out["Complex_CoT"].tolist()[2] == "7"
+    assert (counts["coerced_Question"], counts["coerced_Complex_CoT"], counts["coerced_Response"]) == (2, 1, 1)
+    assert counts["output_rows"] == 4
+
+
+def test_line_endings_and_surrounding_whitespace_are_normalised():
+    out, _ = clean_records(pd.DataFrame([record(question="  Why?\r\n", cot="First.\r\nSecond.\rThird.\n\n", response="\tBecause. ")]))
+    assert out.loc[0, "Question"] == "Why?"
+    assert out.loc[0, "Complex_CoT"] == "First.\nSecond.\nThird."
+    assert out.loc[0, "Response"] == "Because."
+
+
+def test_tags_inside_text_are_removed_and_counted():
+    rows = [
+        record(question="q1?", cot="Okay <think>nested</think> thought.", response="Answer </response> here."),
+        record(question="q2?", cot="<think></think>", response="Answer."),
+    ]
+    out, counts = clean_records(pd.DataFrame(rows))
+    assert out.loc[0, "Complex_CoT"] == "Okay nested thought."
+    assert out.loc[0, "Response"] == "Answer  here."
+    assert len(out) == 1  # q2's reasoning was only tags
+    assert counts["stripped_tags"] == 3
+    assert drops(counts) == {"dropped_empty_Complex_CoT": 1}
+
+
+def test_duplicate_questions_after_normalisation_keep_the_first():
+    rows = [record(question="Same?", response="first"), record(question="  Same?\r\n", response="second"), record(question="Other?")]
+    out, counts = clean_records(pd.DataFrame(rows))
+    assert out["Question"].tolist() == ["Same?", "Other?"]
+    assert out.loc[0, "Response"] == "first"
+    assert counts["dropped_duplicate_question"] == 1
+    assert_rows_add_up(counts)
+
+
+def test_first_failing_field_is_the_reason_counted():
+    rows = [record(question=None, response=None), record(question="ok?")]
+    _, counts = clean_records(pd.DataFrame(rows))
+    assert drops(counts) == {"dropped_null_Question": 1}
+    assert_rows_add_up(counts)
+
+
+def test_all_rows_dropped_raises_with_the_counts():
+    rows = [record(question=None), record(cot="   "), record(response=["x"])]
+    with pytest.raises(DatasetError) as err:
+        clean_records(pd.DataFrame(rows))
+    message = str(err.value)
+    assert "no record survived cleaning: 3 rows in" in message
+    for reason in ("'dropped_null_Question': 1", "'dropped_empty_Complex_CoT': 1", "'dropped_non_string_Response': 1"):
+        assert reason in message
+
+
+def test_missing_required_column():
+    with pytest.raises(DatasetError, match=r"column\(s\) \['Response'\] missing"):
+        clean_records(pd.DataFrame([{"Question": "q", "Complex_CoT": "c"}]))
+
+
+def test_options_in_every_stored_shape_become_json():
+    expected = {"A": "Aspirin", "B": "Heparin"}
+    rows = [
+        record(question="dict?", options={"A": "Aspirin", "B": "Heparin"}),
+        record(question="json?", options=json.dumps(expected)),
+        record(question="repr?", options=str(expected)),  # how the Hub data stores them
+        record(question="parquet?", options={"A": "Aspirin", "B": "Heparin", "C": None}),
+        record(question="none?", options=None),
+    ]
+    out, counts = clean_records(pd.DataFrame(rows))
+    parsed = [json.loads(value) if isinstance(value, str) else value for value in out["options"]]
+    assert parsed[:4] == [expected] * 4
+    assert pd.isna(out.loc[4, "options"])
+    assert counts["nulled_bad_options"] == 0
+
+
+@pytest.mark.parametrize("bad", ["{'A': 'unclosed", "[1, 2]", "{}", "{'A': 3}", 17, ["A", "B"], "{'A': '  '}"])
+def test_bad_options_become_null_but_keep_the_row(bad):
+    rows = [record(question="good?", options={"A": "x"}), record(question="bad?", options=bad)]
+    out, counts = clean_records(pd.DataFrame(rows))
+    assert out["Question"].tolist() == ["good?", "bad?"]
+    assert json.loads(out.loc[0, "options"]) == {"A": "x"}
+    assert pd.isna(out.loc[1, "options"])
+    assert counts["nulled_bad_options"] == 1
+
+
+def test_answer_fields_are_stripped_or_null():
+    rows = [record(question="a?", answer_idx=" C ", answer="Heparin\n"), record(question="b?", answer_idx=None, answer="  ")]
+    out, _ = clean_records(pd.DataFrame(rows))
+    assert out["answer_idx"].tolist()[0] == "C" and out["answer"].tolist()[0] == "Heparin"
+    assert pd.isna(out.loc[1, "answer_idx"]) and pd.isna(out.loc[1, "answer"])
+
+
+def test_extra_columns_pass_through():
+    out, _ = clean_records(pd.DataFrame([record(question=" q? ", source_id="abc")]))
+    assert out.loc[0, "source_id"] == "abc"
+
+
+def test_sample_is_clean():
+    df, _ = load_records(RawDatasetConfig())
+    out, counts = clean_records(df)
+    assert counts["input_rows"] == counts["output_rows"] == 40
+    assert counts["nulled_bad_options"] == 0
+    assert all(value == 0 for key, value in counts.items() if key.startswith(("dropped_", "coerced_")))
+    assert out["options"].notna().sum() == 20
+
+
+def test_real_records(real_records_path, tmp_path):
+    df, _ = load_records(RawDatasetConfig(source="file", path=str(real_records_path)))
+    out, counts = clean_records(df)
+    # The 198 demo records are well-formed: nothing dropped, coerced or stripped; 4 fields lose stray whitespace.
+    assert counts == {
+        **{key: 0 for key in counts},
+        "input_rows": 198,
+        "output_rows": 198,
+    }
+    assert sum(text != text.strip() for column in ("Question", "Complex_CoT", "Response") for text in df[column]) == 4
+    assert all(text == text.strip() for column in ("Question", "Complex_CoT", "Response") for text in out[column])
+    assert out["options"].notna().all()
+
+    # Parquet (what raw_dataset writes) stores options as a struct; cleaning must give the same JSON back.
+    path = tmp_path / "raw.parquet"
+    df.to_parquet(path)
+    from_parquet, _ = load_records(RawDatasetConfig(source="file", path=str(path)))
+    assert from_parquet["options"].map(lambda value: None in value.values()).any()  # the struct's null letters
+    again, _ = clean_records(from_parquet)
+    assert again["options"].tolist() == out["options"].tolist()
