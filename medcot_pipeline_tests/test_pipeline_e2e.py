@@ -18,6 +18,7 @@ def test_whole_graph_on_smollm2(smollm2_dir, tmp_path):
         lora_adapter={"max_steps": 3, "learning_rate": 3e-4, "report_to_wandb": True},
         rouge_report={"num_questions": 2, "max_new_tokens": 48, "continuation_tokens": 16},
     )
+    (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
     result = materialize(load_defs(write_profile(tmp_path / "smollm2.yaml", profile)), instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]

@@ -14,14 +14,6 @@ from medcot_pipeline.record_cleaning import clean_records
 from medcot_pipeline.splits import format_records
 from medcot_pipeline.token_budget import apply_overlength_policy, length_stats, record_token_lengths
 
-# Llama-3's turn layout, for a tokenizer copy that has a chat template (the offline fallback has none).
-LLAMA3_STYLE_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{{ message['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def llama_tokenizer():
     return load_tokenizer("unsloth/Llama-3.2-3B-Instruct")
@@ -42,22 +34,31 @@ def trl_lengths(tokenizer, df):
     return lengths
 
 
+def test_offline_llama_instruct_tokenizer_has_the_instruct_turn_layout(llama_tokenizer):
+    text = llama_tokenizer.apply_chat_template([{"role": "user", "content": " hi "}], tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date")
+    assert text.endswith("<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert llama_tokenizer.eos_token == "<|eot_id|>" and llama_tokenizer.pad_token == "<|finetune_right_pad_id|>"
+
+
 def test_plain_prompt_lengths_match_trl(llama_tokenizer, sample_formatted):
-    assert not has_chat_template(llama_tokenizer)
-    lengths = record_token_lengths(llama_tokenizer, sample_formatted)
-    assert lengths == trl_lengths(llama_tokenizer, sample_formatted)
-    ids = llama_tokenizer("Question: " + sample_formatted.loc[0, "question"] + "\n" + sample_formatted.loc[0, "target"] + llama_tokenizer.eos_token)["input_ids"]
-    assert ids[0] == llama_tokenizer.bos_token_id and ids[-1] == llama_tokenizer.eos_token_id
+    plain = copy.deepcopy(llama_tokenizer)
+    plain.chat_template = None  # a base model without a template gets the seed's "Question:" prompt
+    assert not has_chat_template(plain)
+    lengths = record_token_lengths(plain, sample_formatted)
+    assert lengths == trl_lengths(plain, sample_formatted)
+    ids = plain("Question: " + sample_formatted.loc[0, "question"] + "\n" + sample_formatted.loc[0, "target"] + plain.eos_token)["input_ids"]
+    assert ids[0] == plain.bos_token_id and ids[-1] == plain.eos_token_id
     assert lengths[0] == len(ids)
 
 
 def test_chat_template_lengths_match_trl(llama_tokenizer, sample_formatted):
-    templated = copy.deepcopy(llama_tokenizer)
-    templated.chat_template = LLAMA3_STYLE_TEMPLATE
-    lengths = record_token_lengths(templated, sample_formatted)
-    assert lengths == trl_lengths(templated, sample_formatted)
-    # The template adds headers and <|eot_id|>; the plain prompt adds "Question: " and eos.
-    plain = record_token_lengths(llama_tokenizer, sample_formatted)
+    lengths = record_token_lengths(llama_tokenizer, sample_formatted)
+    assert lengths == trl_lengths(llama_tokenizer, sample_formatted)
+    # The template adds the system block, headers and <|eot_id|>; the plain prompt adds "Question: " and eos.
+    flat = copy.deepcopy(llama_tokenizer)
+    flat.chat_template = None
+    plain = record_token_lengths(flat, sample_formatted)
     assert all(chat > flat for chat, flat in zip(lengths, plain))
 
 
@@ -71,7 +72,7 @@ def test_real_records_token_budget(llama_tokenizer, real_records_path):
     raw, _ = load_records(RawDatasetConfig(source="file", path=str(real_records_path)))
     formatted = format_records(clean_records(raw)[0])
     stats = length_stats(record_token_lengths(llama_tokenizer, formatted))
-    # Measured with the Llama-3.2 tokenizer, plain prompt: median 667, p90 870, p99 1018, max 1091.
+    # Measured with the Llama-3.2 tokenizer and the Instruct layout: median 699, p90 902, p99 1050, max 1123.
     assert stats["count"] == 198
     assert 620 <= stats["median"] <= 720
     assert 1000 <= stats["max"] <= 1200

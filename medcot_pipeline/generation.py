@@ -1,0 +1,334 @@
+"""Load a trained model for inference and answer questions with it: batched, greedy by default, never passing off a cut answer as whole."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from medcot_pipeline.base_models import BaseModelError, load_tokenizer
+from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
+from medcot_pipeline.configs import EvaluationConfig
+from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
+
+logger = logging.getLogger(__name__)
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Marks where the middle of an over-long question was cut out.
+_ELISION = "\n[…]\n"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or adapter path that cannot be loaded; the message is one line naming the path."""
+
+
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    question: str
+    text: str
+    parsed: ParsedAnswer
+    truncated: bool  # cut at the token limit (after any continuation) before </response>
+    new_tokens: int  # tokens the model generated for it, continuation and stop token included
+    continued: bool  # it hit max_new_tokens with </response> still open and was given continuation_tokens more
+    prompt_truncated: bool = False  # the question was shortened to fit the context
+
+
+@dataclass(frozen=True)
+class GenerationRun:
+    answers: list[GeneratedAnswer]
+    wall_seconds: float  # time spent inside model.generate
+    total_new_tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_new_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_for_inference(
+    model_path: str,
+    adapter_path: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    backend: Literal["auto", "transformers", "unsloth"] = "auto",
+):
+    """(model, tokenizer) ready for `generate_answers`: a merged model, or a base model plus a LoRA adapter.
+
+    `model_path` may also be an adapter directory on its own; its base then comes from adapter_config.json.
+    backend "auto" takes Unsloth's inference mode on CUDA when Unsloth is installed, transformers otherwise.
+    """
+    model_ref, adapter_dir = _resolve_paths(model_path, adapter_path)
+    torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+
+    tokenizer_source = adapter_dir if adapter_dir is not None and _has_tokenizer(Path(adapter_dir)) else model_ref
+    if Path(tokenizer_source).is_dir() and not _has_tokenizer(Path(tokenizer_source)):
+        raise ModelLoadError(f"{tokenizer_source} has no tokenizer (neither {' nor '.join(_TOKENIZER_FILES)})")
+    try:
+        tokenizer = load_tokenizer(tokenizer_source)
+    except (BaseModelError, OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source}: {_first_line(err)}") from err
+
+    if backend == "auto":
+        backend = "unsloth" if torch_device.type == "cuda" and importlib.util.find_spec("unsloth") else "transformers"
+    try:
+        if backend == "unsloth":
+            model = _load_with_unsloth(model_ref, adapter_dir, torch_dtype)
+        else:
+            model = _load_with_transformers(model_ref, adapter_dir, torch_dtype, torch_device)
+    except (OSError, ValueError, RuntimeError) as err:
+        if isinstance(err, ModelLoadError):
+            raise
+        raise ModelLoadError(f"cannot load the model {model_ref}{f' with adapter {adapter_dir}' if adapter_dir else ''}: {_first_line(err)}") from err
+    model.eval()
+    return model, tokenizer
+
+
+def _resolve_paths(model_path: str, adapter_path: str | None) -> tuple[str, str | None]:
+    """Check the paths before anything heavy loads, so a typo fails in a second with the path named."""
+    model_dir = Path(model_path).expanduser()
+    if not model_dir.exists():
+        if str(model_path).startswith((".", "/", "~")) or model_path.count("/") != 1:
+            raise ModelLoadError(f"model path {model_path} does not exist")
+        model_ref = model_path  # a Hub id, served from the local Hub cache when offline
+    elif not model_dir.is_dir():
+        raise ModelLoadError(f"model path {model_path} is a file, not a model directory")
+    elif (model_dir / "config.json").exists():
+        model_ref = str(model_dir)
+    elif (model_dir / "adapter_config.json").exists():
+        if adapter_path is not None:
+            raise ModelLoadError(f"{model_path} is a LoRA adapter; pass its base model as the model, not a second adapter")
+        return _adapter_base(model_dir), str(model_dir)
+    else:
+        raise ModelLoadError(f"{model_path} is not a model directory (no config.json)")
+
+    if adapter_path is None:
+        return model_ref, None
+    adapter_dir = Path(adapter_path).expanduser()
+    if not (adapter_dir / "adapter_config.json").exists():
+        what = "does not exist" if not adapter_dir.exists() else "is not a LoRA adapter (no adapter_config.json)"
+        raise ModelLoadError(f"adapter path {adapter_path} {what}")
+    return model_ref, str(adapter_dir)
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass the base with --model")
+    return base
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).exists() for name in _TOKENIZER_FILES)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load_with_transformers(model_ref: str, adapter_dir: str | None, torch_dtype, torch_device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch_dtype, device_map=str(torch_device))
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        # Merged once here so that every generated token skips the extra LoRA matmuls.
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model
+
+
+def _load_with_unsloth(model_ref: str, adapter_dir: str | None, torch_dtype):
+    """The CUDA fast path; the only place this module imports Unsloth."""
+    from unsloth import FastLanguageModel
+
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(model_ref), "max_position_embeddings", None) or 4096
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=model_ref, max_seq_length=context, dtype=torch_dtype, load_in_4bit=False
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    FastLanguageModel.for_inference(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def prompt_budget(model, config: EvaluationConfig, max_prompt_tokens: int | None = None) -> int | None:
+    """How many prompt tokens fit: the model's context less the answer's full allowance (continuation included)."""
+    if max_prompt_tokens is not None:
+        return max_prompt_tokens
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is None:
+        return None
+    budget = context - config.max_new_tokens - config.continuation_tokens
+    if budget < 1:
+        raise ValueError(
+            f"max_new_tokens ({config.max_new_tokens}) + continuation_tokens ({config.continuation_tokens}) "
+            f"leave no room for a prompt in the model's {context}-token context"
+        )
+    return budget
+
+
+def encode_prompt(tokenizer, question: str, budget: int | None, *, label: str = "question") -> tuple[list[int], bool]:
+    """Token ids of the chat prompt for `question`, and whether the question had to be shortened to fit `budget`.
+
+    An over-long question loses its middle: the case presentation opens it and the actual ask ends it.
+    """
+    ids = _encode(tokenizer, render_prompt(tokenizer, question))
+    if budget is None or len(ids) <= budget:
+        return ids, False
+    question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    overhead = len(ids) - len(question_ids) + len(tokenizer(_ELISION, add_special_tokens=False)["input_ids"])
+    keep = budget - overhead
+    while keep >= 2:
+        head = keep // 2
+        shortened = (
+            tokenizer.decode(question_ids[:head]) + _ELISION + tokenizer.decode(question_ids[len(question_ids) - (keep - head) :])
+        )
+        shortened_ids = _encode(tokenizer, render_prompt(tokenizer, shortened))
+        if len(shortened_ids) <= budget:
+            logger.warning(
+                "%s: the prompt has %d tokens but the context leaves room for %d; kept the first %d and last %d "
+                "tokens of the question and cut the middle",
+                label, len(ids), budget, head, keep - head,
+            )
+            return shortened_ids, True
+        # Re-tokenising across the cut can merge or split tokens; shrink by the overshoot and retry.
+        keep -= len(shortened_ids) - budget
+    raise ValueError(f"{label}: a prompt budget of {budget} tokens cannot hold even the chat template ({overhead} tokens)")
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    # A chat template writes its own BOS; the plain prompt needs the tokenizer's (as in training).
+    return tokenizer(prompt, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a turn: the tokenizer's eos and the model's (Llama-3.2 has three)."""
+    ids: list[int] = []
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        for token_id in source if isinstance(source, (list, tuple)) else [source]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation_config defines an eos token")
+    return ids
+
+
+def sampling_kwargs(config: EvaluationConfig) -> dict:
+    if config.do_sample:
+        return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    return {"do_sample": False}
+
+
+def generate_token_ids(
+    model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, **generate_kwargs
+) -> list[tuple[list[int], bool]]:
+    """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
+
+    Prompts are batched by length (left padded) so that a batch wastes little on padding; the ids are cut
+    after the first stop token, which also drops the padding of samples that finished early.
+    """
+    stop_ids = stop_token_ids(model, tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    results: dict[int, tuple[list[int], bool]] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        inputs = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
+        inputs = inputs.to(model.device)
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer, **generate_kwargs
+            )
+        new = output[:, inputs["input_ids"].shape[1] :].tolist()
+        for index, ids in zip(batch, new):
+            end = next((pos for pos, token in enumerate(ids) if token in stop_ids), None)
+            results[index] = (ids, False) if end is None else (ids[: end + 1], True)
+    return [results[i] for i in range(len(prompts))]
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    questions: list[str],
+    config: EvaluationConfig,
+    *,
+    max_prompt_tokens: int | None = None,
+    streamer=None,
+    **generate_kwargs,
+) -> GenerationRun:
+    """Answer every question; an answer that reaches max_new_tokens with </response> still open gets
+    `config.continuation_tokens` more, and is flagged truncated if that does not close it either.
+
+    `generate_kwargs` reach `model.generate` (e.g. cache_implementation="static"); the sampling
+    settings come from `config`.
+    """
+    if streamer is not None and len(questions) > 1:
+        raise ValueError(f"a streamer shows one answer at a time; got {len(questions)} questions")
+    budget = prompt_budget(model, config, max_prompt_tokens)
+    encoded = [encode_prompt(tokenizer, q, budget, label=f"question {i}") for i, q in enumerate(questions)]
+    prompts = [ids for ids, _ in encoded]
+    kwargs = {**sampling_kwargs(config), **generate_kwargs}
+
+    started = time.perf_counter()
+    first = generate_token_ids(
+        model, tokenizer, prompts, batch_size=config.batch_size, streamer=streamer,
+        max_new_tokens=config.max_new_tokens, **kwargs,
+    )
+    new_ids = [ids for ids, _ in first]
+    stopped = [done for _, done in first]
+    open_at_limit = [
+        i for i, (ids, done) in enumerate(first) if not done and RESPONSE_CLOSE not in tokenizer.decode(ids)
+    ]
+    if open_at_limit and config.continuation_tokens > 0:
+        more = generate_token_ids(
+            model, tokenizer, [prompts[i] + new_ids[i] for i in open_at_limit], batch_size=config.batch_size,
+            streamer=streamer, max_new_tokens=config.continuation_tokens, **kwargs,
+        )
+        for i, (ids, done) in zip(open_at_limit, more):
+            new_ids[i] = new_ids[i] + ids
+            stopped[i] = done
+    wall = time.perf_counter() - started
+
+    continued = set(open_at_limit) if config.continuation_tokens > 0 else set()
+    answers = []
+    for i, question in enumerate(questions):
+        text = tokenizer.decode(new_ids[i], skip_special_tokens=True)
+        parsed = parse_tagged_output(text)
+        answers.append(
+            GeneratedAnswer(
+                question=question,
+                text=text,
+                parsed=parsed,
+                truncated=not stopped[i] and RESPONSE_CLOSE not in text,
+                new_tokens=len(new_ids[i]),
+                continued=i in continued,
+                prompt_truncated=encoded[i][1],
+            )
+        )
+    return GenerationRun(answers=answers, wall_seconds=wall, total_new_tokens=sum(len(ids) for ids in new_ids))
