@@ -69,9 +69,10 @@ def write_rouge_report(
 
 def _answer(reference: str, questions: list[str], config: EvaluationConfig) -> GenerationRun:
     """Load, answer, free: only one model is ever in memory."""
-    model, tokenizer = load_for_inference(reference)
+    model, tokenizer = load_for_inference(reference, backend=config.inference_backend)
+    cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
     try:
-        return generate_answers(model, tokenizer, questions, config)
+        return generate_answers(model, tokenizer, questions, config, **cache)
     finally:
         del model, tokenizer
         gc.collect()
@@ -101,7 +102,12 @@ def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame) -> list[
             "rouge_l_full": float(scores["rouge_l_full"].iloc[i]),
         }
         if "chosen_option" in scores.columns:
-            record["chosen_option"] = scores["chosen_option"].iloc[i]
-            record["answer_idx"] = rows["answer_idx"].iloc[i]
+            # pandas stores a missing letter as NaN, which json.dumps would write as invalid JSON.
+            record["chosen_option"] = _letter_or_none(scores["chosen_option"].iloc[i])
+            record["answer_idx"] = _letter_or_none(rows["answer_idx"].iloc[i])
         records.append(record)
     return records
+
+
+def _letter_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None

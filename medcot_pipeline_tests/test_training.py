@@ -244,3 +244,22 @@ def test_a_failing_training_process_fails_the_asset_with_its_cause(tiny_llama_di
     ]
     assert any(f"BaseModelError: base model directory {missing} does not exist" in error for error in errors), errors
     assert not (tmp_path / "adapter").exists()
+
+
+def test_out_of_memory_names_the_profile_and_suggests_smaller_settings(tiny_llama_dir, splits, tmp_path, monkeypatch):
+    import torch
+    from trl import SFTTrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "train", out_of_memory)
+    extras = {**make_extras(tiny_llama_dir, splits, tmp_path, max_steps=1, per_device_train_batch_size=24), "profile": "h100"}
+    log, _ = recording_logger("oom")
+    with pytest.raises(RuntimeError) as err:
+        run.train(extras, log)
+    message = str(err.value)
+    assert message.startswith("CUDA ran out of memory training with profile h100 (batch 24 x accumulation 1")
+    assert "t4 profile" in message and "per_device_train_batch_size" in message
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+    assert not (tmp_path / "adapter").exists()

@@ -129,9 +129,13 @@ def build_data_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         )
 
     data_modules = ["dataset_sources.py", "raw_parquet.py"]
+    raw_config = profile.asset_config("raw_dataset")
+    hub_source = build_hub_dataset_source(raw_config.hub_dataset)
     raw_asset = dg.asset(
         name="raw_dataset",
         group_name=DATA_GROUP,
+        # Linked only where the profile reads the Hub: a new upstream commit then marks raw_dataset stale.
+        deps=[hub_source] if source_is_network(raw_config) else None,
         kinds={"huggingface", "parquet"},
         code_version=code_version([raw_dataset], data_modules, profile.asset_config("raw_dataset").model_dump()),
         retry_policy=NETWORK_RETRY,
@@ -149,7 +153,26 @@ def build_data_assets(profile: Profile) -> list[dg.AssetsDefinition]:
             },
         ),
     )(formatted_splits)
-    return [raw_asset, splits_asset]
+    return [hub_source, raw_asset, splits_asset]
+
+
+def build_hub_dataset_source(dataset_id: str) -> dg.SourceAsset:
+    """The dataset on the Hub, observed by its commit: each new commit is a new data version upstream."""
+
+    @dg.observable_source_asset(
+        name="medical_o1_hub_dataset",
+        group_name=DATA_GROUP,
+        description=f"{dataset_id} on the Hugging Face Hub; observing it records its current commit.",
+        required_resource_keys={"hub"},
+    )
+    def medical_o1_hub_dataset(context) -> dg.ObserveResult:
+        try:
+            revision = context.resources.hub.dataset_revision(dataset_id)
+        except Exception as err:  # noqa: BLE001 - offline, auth or a missing repo all mean "cannot observe now"
+            raise dg.Failure(f"cannot read the current commit of {dataset_id} from the Hub: {type(err).__name__}: {err}") from err
+        return dg.ObserveResult(data_version=dg.DataVersion(revision), metadata={"revision": revision, "dataset": dataset_id})
+
+    return medical_o1_hub_dataset
 
 
 def source_is_network(config) -> bool:

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +19,6 @@ MODEL_GROUP = "model"
 # Steps that hold a GPU: limited within a run by the executor's tag limit and across runs by the pool.
 GPU_TAG = {"medcot/gpu": "true"}
 GPU_POOL = "gpu"
-TRAINING_COMMAND = [sys.executable, "-m", "medcot_pipeline.training.run"]
 
 
 def build_model_assets(profile: Profile) -> list[dg.AssetsDefinition]:
@@ -38,7 +36,10 @@ def build_model_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.Output[str]:
         """LoRA adapter trained with TRL's SFTTrainer (Unsloth on CUDA, transformers + PEFT on CPU)."""
+        from medcot_pipeline.training import distributed
+
         splits_dir = Path(formatted_splits)
+        processes = distributed.resolve_num_processes(config.num_gpus)
         base_ref = base_model.resolve(artifacts)
         # Same settings and same data -> same checkpoint directory, so a rerun after a crash resumes.
         run_key = hashlib.sha256(
@@ -53,6 +54,7 @@ def build_model_assets(profile: Profile) -> list[dg.AssetsDefinition]:
                 "output_dir": str(staging / "adapter"),
                 "checkpoint_dir": str(checkpoint_dir),
                 "max_seq_length": base_model.max_seq_length,
+                "profile": profile.name,
                 "training": config.model_dump(),
                 "wandb": {
                     "enabled": config.report_to_wandb,
@@ -63,8 +65,11 @@ def build_model_assets(profile: Profile) -> list[dg.AssetsDefinition]:
                     "run_name": f"lora_adapter-{context.run_id[:8]}",
                 },
             }
+            if processes > 1:
+                context.log.info(f"training data-parallel in {processes} processes: {' '.join(distributed.launch_command(processes))}")
             result = pipes_subprocess_client.run(
-                command=TRAINING_COMMAND, context=context, extras=extras, env=wandb.env()
+                command=distributed.launch_command(processes), context=context, extras=extras,
+                env={**wandb.env(), **distributed.launch_env(processes)},
             ).get_materialize_result()
             if not (staging / "adapter" / "adapter_config.json").exists():
                 raise dg.Failure(f"training finished without writing an adapter to {staging / 'adapter'}")
@@ -77,6 +82,7 @@ def build_model_assets(profile: Profile) -> list[dg.AssetsDefinition]:
                 "size_mb": round(tree_bytes(adapter_dir) / 2**20, 2),
                 "content_sha256": tree_sha256(adapter_dir),
                 "base_model": base_model.name,
+                "processes": processes,
                 "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
             },
         )

@@ -77,7 +77,11 @@ def _transformers_lora_model(base_model: str, config: TrainingConfig):
     quantized = False
     if torch.cuda.is_available():
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        kwargs.update(dtype=dtype, device_map={"": torch.cuda.current_device()})
+        # Under torchrun each process owns the GPU of its local rank.
+        from medcot_pipeline.training.distributed import local_rank
+
+        torch.cuda.set_device(local_rank())
+        kwargs.update(dtype=dtype, device_map={"": local_rank()})
         if config.load_in_4bit:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,

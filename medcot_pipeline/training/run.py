@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medcot_pipeline.configs import TrainingConfig
-from medcot_pipeline.training import backends
+from medcot_pipeline.training import backends, distributed
 
 EXTRAS_TYPES: dict[str, type] = {
     "base_model": str,
@@ -30,6 +30,8 @@ EXTRAS_TYPES: dict[str, type] = {
     "training": dict,
     "wandb": dict,
 }
+# Optional: the profile's name, for messages that tell the user which settings to change.
+OPTIONAL_EXTRAS_TYPES: dict[str, type] = {"profile": str}
 WANDB_TYPES: dict[str, type] = {"mode": str, "project": str, "dir": str, "run_name": str}
 SUMMARY_FILE = "training_summary.json"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -43,6 +45,9 @@ def validate_extras(extras: Mapping[str, Any]) -> dict:
         value = extras[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise TypeError(f"Pipes extras: '{key}' should be {kind.__name__}, got {type(value).__name__}")
+    for key, kind in OPTIONAL_EXTRAS_TYPES.items():
+        if key in extras and not isinstance(extras[key], kind):
+            raise TypeError(f"Pipes extras: '{key}' should be {kind.__name__}, got {type(extras[key]).__name__}")
     wandb = extras["wandb"]
     if not isinstance(wandb.get("enabled"), bool):
         raise ValueError("Pipes extras: 'wandb.enabled' is missing or not a bool")
@@ -60,6 +65,9 @@ def train(extras: Mapping[str, Any], log: logging.Logger) -> dict:
     started = time.perf_counter()
     extras = validate_extras(extras)
     config = TrainingConfig(**extras["training"])
+    processes = distributed.world_size()
+    if processes > 1:
+        config = _data_parallel_config(config, processes, log)
     backend = backends.choose_backend(config)
     if backend == "unsloth":
         backends.import_unsloth()
@@ -75,7 +83,8 @@ def train(extras: Mapping[str, Any], log: logging.Logger) -> dict:
     validation = sft_data.read_split(extras["validation_file"])
     eval_dataset = sft_data.to_training_dataset(tokenizer, validation) if len(validation) else None
 
-    wandb_run = start_wandb(extras["wandb"], extras["training"], log)
+    # One W&B run for the whole job: only rank 0 reports.
+    wandb_run = start_wandb(extras["wandb"], extras["training"], log) if distributed.is_main_process() else None
     exit_code = 1  # marks the W&B run failed unless training gets to the end
     try:
         sft_config = build_sft_config(
@@ -90,7 +99,10 @@ def train(extras: Mapping[str, Any], log: logging.Logger) -> dict:
         trainer = build_trainer(model, tokenizer, train_dataset, eval_dataset, sft_config, [progress])
         resume_from = last_complete_checkpoint(checkpoint_dir, log)
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")
-        trainer.train(resume_from_checkpoint=resume_from)
+        try:
+            trainer.train(resume_from_checkpoint=resume_from)
+        except torch_out_of_memory() as err:
+            raise RuntimeError(out_of_memory_advice(config, max_seq_length, extras.get("profile"))) from err
         step = trainer.state.global_step
         evals = reporting.eval_rows(trainer.state.log_history)
         # The Trainer already evaluates at the last step when eval_steps divides max_steps.
@@ -122,12 +134,48 @@ def train(extras: Mapping[str, Any], log: logging.Logger) -> dict:
             "wandb": wandb_location(wandb_run),
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
-        save_adapter(trainer.model, tokenizer, output_dir, summary, history, log)
+        if distributed.is_main_process():
+            save_adapter(trainer.model, tokenizer, output_dir, summary, history, log)
         exit_code = 0
     finally:
         if wandb_run is not None:
             wandb_run.finish(exit_code=exit_code)
     return summary
+
+
+def _data_parallel_config(config: TrainingConfig, processes: int, log) -> TrainingConfig:
+    """The per-process settings of a data-parallel run: the global batch stays as configured."""
+    accumulation, exact = distributed.per_process_accumulation(config.gradient_accumulation_steps, processes)
+    if not exact:
+        log.warning(
+            f"gradient_accumulation_steps {config.gradient_accumulation_steps} does not divide by {processes} processes; "
+            f"using {accumulation} per process, a global batch of {config.per_device_train_batch_size * accumulation * processes}"
+        )
+    updates = {"gradient_accumulation_steps": accumulation}
+    if backends.choose_backend(config) == "unsloth":
+        # Unsloth 2026.10.9 trains on one GPU; several go through transformers + PEFT (README: multi-GPU).
+        log.info(f"{processes} processes: training with transformers + PEFT instead of Unsloth")
+        updates["backend"] = "transformers"
+    return config.model_copy(update=updates)
+
+
+def torch_out_of_memory() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def out_of_memory_advice(config: TrainingConfig, max_seq_length: int, profile: str | None) -> str:
+    settings = (
+        f"batch {config.per_device_train_batch_size} x accumulation {config.gradient_accumulation_steps}, "
+        f"max_seq_length {max_seq_length}, load_in_4bit {config.load_in_4bit}, "
+        f"gradient_checkpointing {config.gradient_checkpointing}"
+    )
+    return (
+        f"CUDA ran out of memory training with profile {profile or '(unnamed)'} ({settings}). "
+        "Use the t4 profile (4-bit, batch 1, gradient checkpointing: under 4 GiB for Llama-3.2-3B) "
+        "or lower per_device_train_batch_size and raise gradient_accumulation_steps to keep the global batch."
+    )
 
 
 def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str | None:
@@ -274,7 +322,15 @@ def materialization_metadata(summary: dict, adapter_dir: Path) -> dict:
 
 
 def main() -> None:
-    from dagster_pipes import open_dagster_pipes
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if not distributed.is_main_process():
+        # Other ranks train in step with rank 0 but never write to Dagster: they only read the extras.
+        with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as context:
+            extras = context["extras"]
+        logging.basicConfig(level=logging.WARNING, format=f"rank {distributed.rank()}: %(message)s")
+        train(extras, logging.getLogger(f"medcot_pipeline.rank{distributed.rank()}"))
+        return
 
     with open_dagster_pipes() as pipes:
         # Notes from the backend and trainer modules reach Dagster's log too.

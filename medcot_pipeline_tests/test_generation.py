@@ -1,0 +1,107 @@
+"""Generation on a tiny random Llama: load errors, truncation and continuation flags, stop-token cutting, prompt shortening."""
+
+import logging
+import shutil
+
+import pytest
+
+from medcot_pipeline.configs import EvaluationConfig
+from medcot_pipeline.generation import (
+    ModelLoadError,
+    encode_prompt,
+    generate_answers,
+    generate_token_ids,
+    load_for_inference,
+)
+
+QUESTIONS = [
+    "Which drug treats strep throat?",
+    "A 45-year-old man has crushing chest pain radiating to the left arm. What is the next step?",
+    "What causes iron deficiency anemia?",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llama_dir):
+    return load_for_inference(str(tiny_llama_dir), device="cpu")
+
+
+def load_error(path) -> str:
+    with pytest.raises(ModelLoadError) as caught:
+        load_for_inference(str(path), device="cpu")
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_load_errors_are_one_line_and_name_the_path(tiny_llama_dir, tmp_path):
+    assert "does not exist" in load_error(tmp_path / "missing")
+    (tmp_path / "weights.bin").write_text("x")
+    assert "is a file, not a model directory" in load_error(tmp_path / "weights.bin")
+    (tmp_path / "empty").mkdir()
+    assert "no config.json" in load_error(tmp_path / "empty")
+    (tmp_path / "no_tokenizer").mkdir()
+    shutil.copy(tiny_llama_dir / "config.json", tmp_path / "no_tokenizer")
+    shutil.copy(tiny_llama_dir / "model.safetensors", tmp_path / "no_tokenizer")
+    assert "has no tokenizer" in load_error(tmp_path / "no_tokenizer")
+
+
+def test_open_answers_are_continued_then_flagged_truncated(loaded):
+    model, tokenizer = loaded
+    config = EvaluationConfig(batch_size=2, max_new_tokens=5, continuation_tokens=3)
+    run = generate_answers(model, tokenizer, QUESTIONS, config)
+    assert [a.question for a in run.answers] == QUESTIONS
+    # Random weights never write </response> (nor, here, a stop token): 5 tokens, then 3 more, still open.
+    for a in run.answers:
+        assert (a.truncated, a.continued, a.new_tokens, a.prompt_truncated) == (True, True, 8, False)
+    assert run.total_new_tokens == 24
+    # Greedy decoding is deterministic.
+    again = generate_answers(model, tokenizer, QUESTIONS, config)
+    assert [a.text for a in again.answers] == [a.text for a in run.answers]
+
+    without = generate_answers(model, tokenizer, QUESTIONS, config.model_copy(update={"continuation_tokens": 0}))
+    for a in without.answers:
+        assert (a.truncated, a.continued, a.new_tokens) == (True, False, 5)
+
+
+def test_generate_token_ids_cuts_after_the_stop_token_in_prompt_order(loaded):
+    model, tokenizer = loaded
+    prompts = [encode_prompt(tokenizer, q, None)[0] for q in QUESTIONS[:2]]  # the second is longer, so batched first
+    free = generate_token_ids(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, do_sample=False)
+    assert [stopped for _, stopped in free] == [False, False]
+    # transformers' sequence_bias forces eos as the 3rd new token of the first prompt only (its tail is in the key).
+    eos = tokenizer.eos_token_id
+    forced = {tuple(prompts[0][-8:] + free[0][0][:2] + [eos]): 1e4}
+    cut = generate_token_ids(
+        model, tokenizer, prompts, batch_size=2, max_new_tokens=8, do_sample=False, sequence_bias=forced
+    )
+    # The first sample's padding after eos is cut off; the second ran to the limit.
+    assert cut == [(free[0][0][:2] + [eos], True), free[1]]
+
+
+def test_a_stop_token_in_the_continuation_closes_the_answer(loaded):
+    model, tokenizer = loaded
+    config = EvaluationConfig(batch_size=1, max_new_tokens=5, continuation_tokens=3)
+    prompt = encode_prompt(tokenizer, QUESTIONS[0], None)[0]
+    free = generate_token_ids(model, tokenizer, [prompt], batch_size=1, max_new_tokens=8, do_sample=False)[0][0]
+    forced = {tuple(prompt[-8:] + free[:6] + [tokenizer.eos_token_id]): 1e4}  # eos as the 7th token
+    answer = generate_answers(model, tokenizer, QUESTIONS[:1], config, sequence_bias=forced).answers[0]
+    assert (answer.truncated, answer.continued, answer.new_tokens) == (False, True, 7)
+
+
+def test_an_overlong_question_loses_its_middle_with_a_warning(loaded, caplog):
+    model, tokenizer = loaded
+    question = "Patient history begins here. " + "The patient reports intermittent symptoms. " * 2400
+    question += "What is the most likely diagnosis?"
+    assert len(question) > 100_000
+    ids, shortened = encode_prompt(tokenizer, question, 96)
+    assert shortened and len(ids) <= 96
+    prompt = tokenizer.decode(ids)
+    assert "Patient history begins here." in prompt and "What is the most likely diagnosis?" in prompt
+    assert "[…]" in prompt
+
+    config = EvaluationConfig(batch_size=1, max_new_tokens=2, continuation_tokens=0)
+    with caplog.at_level(logging.WARNING, logger="medcot_pipeline.generation"):
+        run = generate_answers(model, tokenizer, [question], config, max_prompt_tokens=96)
+    assert run.answers[0].prompt_truncated
+    assert any("question 0" in r.message and "cut the middle" in r.message for r in caplog.records)
