@@ -38,6 +38,8 @@ VARIANTS = {
     "dynamic": {"backend": "transformers", "generate": {}},
     "static": {"backend": "transformers", "generate": {"cache_implementation": "static"}},
     "unsloth": {"backend": "unsloth", "generate": {}},
+    # The static cache's decode step captured whole as CUDA graphs (transformers compiles it with graph breaks by default).
+    "static-fullgraph": {"backend": "transformers", "generate": {"cache_implementation": "static", "compile_config": "fullgraph"}},
 }
 
 
@@ -74,6 +76,10 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, continuation_tokens=0, compare_with_base=False
     )
     generate = {"min_new_tokens": args.max_new_tokens, **spec["generate"]}
+    if generate.get("compile_config") == "fullgraph":
+        from transformers import CompileConfig
+
+        generate["compile_config"] = CompileConfig(fullgraph=True, mode="reduce-overhead")
     runs = []
     for repeat in range(args.repeats + 1):
         if torch.cuda.is_available():
@@ -145,7 +151,7 @@ def main(argv=None) -> int:
         "variants": results,
         "best": max(results, key=lambda r: r["tokens_per_second"])["variant"] if results else None,
     }
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({r["variant"]: r["tokens_per_second"] for r in results}), "->", args.out)
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import pydantic
 import yaml
+from pydantic.fields import FieldInfo
 
 from medcot_pipeline import configs
 
@@ -58,8 +59,9 @@ class Profile:
         values = self.ops.get(asset, {})
         if not values:
             return base
+        # Only the default changes: the field keeps its type, description and limits (ge, le, ...).
         fields = {
-            key: (base.model_fields[key].annotation, pydantic.Field(default=value, description=base.model_fields[key].description))
+            key: (base.model_fields[key].annotation, FieldInfo.merge_field_infos(base.model_fields[key], default=value))
             for key, value in values.items()
         }
         return pydantic.create_model(base.__name__, __base__=base, **fields)

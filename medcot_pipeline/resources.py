@@ -100,6 +100,9 @@ class WandbResource(dg.ConfigurableResource):
 
     @property
     def mode(self) -> str:
+        # An explicit WANDB_MODE=offline wins over a key in the environment (e.g. a box without network).
+        if os.environ.get("WANDB_MODE") == "offline":
+            return "offline"
         return "online" if self.api_key else "offline"
 
     def env(self) -> dict[str, str]:

@@ -78,3 +78,13 @@ def stale_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]
 
 def materialized_in(result: dg.ExecuteInProcessResult) -> set[str]:
     return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def step_errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Every error a run's events carry (step failures, run failure), as full strings with their causes."""
+    errors = []
+    for entry in instance.all_logs(run_id):
+        error = getattr(entry.dagster_event and entry.dagster_event.event_specific_data, "error", None)
+        if error is not None:
+            errors.append(error.to_string())
+    return errors

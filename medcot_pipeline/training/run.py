@@ -179,10 +179,11 @@ def out_of_memory_advice(config: TrainingConfig, max_seq_length: int, profile: s
 
 
 def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json exists.
+    """The newest checkpoint-N whose trainer_state.json exists and parses.
 
     The Trainer writes trainer_state.json last, so a process killed while saving leaves a folder
-    without it; transformers' get_last_checkpoint would pick that folder and fail to resume.
+    without it (or with it cut short); transformers' get_last_checkpoint would pick that folder and
+    fail to resume.
     """
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -194,9 +195,17 @@ def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str |
         if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()
     ]
     for _, path in sorted(candidates, reverse=True):
-        if (path / "trainer_state.json").exists():
-            return str(path)
-        log.warning(f"{path.name} has no trainer_state.json (interrupted while saving); skipping it")
+        state = path / "trainer_state.json"
+        if not state.exists():
+            log.warning(f"{path.name} has no trainer_state.json (interrupted while saving); skipping it")
+            continue
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            # transformers writes the state in place: a full disk or power loss can leave it empty or cut.
+            log.warning(f"{path.name}/trainer_state.json is unreadable (interrupted while saving); skipping it")
+            continue
+        return str(path)
     return None
 
 
