@@ -53,8 +53,9 @@ def load_defs(profile_path: Path) -> dg.Definitions:
 
 
 def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None) -> dg.ExecuteInProcessResult:
+    """The six assets (or `selection`), as `--select '*'` runs them: the Hub source is observed, never materialized."""
     job = defs.resolve_implicit_global_asset_job_def()
-    keys = None if selection is None else [dg.AssetKey(k) if isinstance(k, str) else k for k in selection]
+    keys = [dg.AssetKey(k) if isinstance(k, str) else k for k in (ASSETS if selection is None else selection)]
     return job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
 
 
