@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from medcot_pipeline.model_card import build_adapter_card
+from medcot_pipeline.resources import file_sha256
 
 AdapterMode = Literal["subfolder", "separate_repo", "none"]
 ADAPTER_MODES = ("subfolder", "separate_repo", "none")
@@ -59,11 +59,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_merged_model(merged_model_dir: Path) -> None:
@@ -150,7 +145,7 @@ def stage_release(
         build_adapter_card(card, adapter_repo_id(repo_id)).save(target / "README.md")
 
     staged = sorted(p for folder in (model_dir, out_dir / ADAPTER_SUBFOLDER) for p in folder.rglob("*") if p.is_file())
-    files = {path.relative_to(out_dir).as_posix(): _sha256(path) for path in staged}
+    files = {path.relative_to(out_dir).as_posix(): file_sha256(path) for path in staged}
     total_bytes = sum((out_dir / relative).stat().st_size for relative in files)
     manifest = {"repo_id": repo_id, "adapter_mode": adapter_mode, "files": files, "total_bytes": total_bytes}
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -45,16 +45,6 @@ class ArtifactStore(dg.ConfigurableResource):
             shutil.rmtree(final)
         os.replace(staging, final)
 
-    def check_free_space(self, needed_bytes: int, what: str) -> None:
-        self.root_path.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root_path).free
-        # Keep a 10% margin: safetensors shards and the tokenizer come on top of the weights.
-        if free < needed_bytes * 1.1:
-            raise dg.Failure(
-                f"not enough disk for {what}: needs about {needed_bytes / 2**30:.2f} GiB, "
-                f"{free / 2**30:.2f} GiB free under {self.root_path}"
-            )
-
 
 class BaseModelResource(dg.ConfigurableResource):
     """The model being fine-tuned: a Hub id, a local checkpoint, or the embedded SmolLM2."""
