@@ -6,7 +6,7 @@ training code and is evaluated on the same held-out records:
 
   t4     batch 1 x 8 accumulation, padded, learning rate LR
   h100   24 packed padding-free rows a step (about 24 records), learning rate LR x sqrt(3), a third of the steps
-         (as 3 micro-batches of 8 rows: the same optimizer steps, within a CPU's memory)
+         (as 6 micro-batches of 4 rows: the same optimizer steps, within a CPU's memory)
 
 Both start from the same LoRA initialisation. LR is higher than the profiles' 1e-5 so that a few CPU steps move
 the loss measurably; the two keep the profiles' ratio. Writes quality_parity.json.
@@ -42,8 +42,8 @@ def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> 
         config = TrainingConfig(**common, per_device_train_batch_size=1, gradient_accumulation_steps=8,
                                 learning_rate=args.lr, max_steps=args.records // 8, warmup_steps=1)
     else:
-        # 24 packed rows per optimizer step, fed as 3 micro-batches of 8 so that a CPU's memory holds the logits.
-        config = TrainingConfig(**common, per_device_train_batch_size=8, gradient_accumulation_steps=3,
+        # 24 packed rows per optimizer step, fed as 6 micro-batches of 4 so that a CPU's memory holds the activations.
+        config = TrainingConfig(**common, per_device_train_batch_size=4, gradient_accumulation_steps=6,
                                 packing=True, padding_free=True, learning_rate=args.lr * math.sqrt(3),
                                 max_steps=math.ceil(args.records / records_per_step), warmup_steps=0)
     torch.manual_seed(0)
@@ -53,6 +53,7 @@ def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> 
     with tempfile.TemporaryDirectory() as output_dir:
         sft_config = build_sft_config(config, output_dir, args.max_seq_length, has_eval=True, report_to=[])
         sft_config.per_device_eval_batch_size = 4
+        sft_config.eval_packing = False  # both layouts are judged on the same unpacked validation batches
         trainer = build_trainer(model, tokenizer, train_set, eval_set, sft_config, [])
         before = trainer.evaluate()["eval_loss"]
         started = time.perf_counter()
