@@ -76,9 +76,9 @@ def training_settings(name: str, tiny: bool):
 
 
 def resolved_backend(config) -> str:
-    if config.backend != "auto":
-        return config.backend
-    return "unsloth" if torch.cuda.is_available() else "transformers"
+    from medcot_pipeline.training.backends import choose_backend
+
+    return choose_backend(config)
 
 
 class CountingCollator:

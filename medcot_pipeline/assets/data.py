@@ -137,7 +137,7 @@ def build_data_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         # Linked only where the profile reads the Hub: a new upstream commit then marks raw_dataset stale.
         deps=[hub_source] if source_is_network(raw_config) else None,
         kinds={"huggingface", "parquet"},
-        code_version=code_version([raw_dataset], data_modules, profile.asset_config("raw_dataset").model_dump()),
+        code_version=code_version([raw_dataset], data_modules, raw_config.model_dump()),
         retry_policy=NETWORK_RETRY,
     )(raw_dataset)
     splits_asset = dg.asset(
