@@ -32,14 +32,22 @@ from random_model import DEFAULT_CONFIG, DEFAULT_RECORDS, build_random_checkpoin
 from medcot_pipeline.base_models import load_tokenizer  # noqa: E402
 from medcot_pipeline.configs import EvaluationConfig  # noqa: E402
 from medcot_pipeline.generation import generate_answers, load_for_inference  # noqa: E402
+from medcot_pipeline.grouped_attention import NAME as GROUPED  # noqa: E402
 
-# What each variant hands to model.generate beyond the shared settings.
+# What each variant loads and hands to model.generate beyond the shared settings. "sdpa" is transformers'
+# stock attention, which copies K/V to every query head in a padded batch; grouped_sdpa does not.
 VARIANTS = {
-    "dynamic": {"backend": "transformers", "generate": {}},
-    "static": {"backend": "transformers", "generate": {"cache_implementation": "static"}},
-    "unsloth": {"backend": "unsloth", "generate": {}},
+    "dynamic": {"backend": "transformers", "attention": "sdpa", "generate": {}},
+    "static": {"backend": "transformers", "attention": "sdpa", "generate": {"cache_implementation": "static"}},
+    "unsloth": {"backend": "unsloth", "attention": None, "generate": {}},
     # The static cache's decode step captured whole as CUDA graphs (transformers compiles it with graph breaks by default).
-    "static-fullgraph": {"backend": "transformers", "generate": {"cache_implementation": "static", "compile_config": "fullgraph"}},
+    "static-fullgraph": {
+        "backend": "transformers", "attention": "sdpa",
+        "generate": {"cache_implementation": "static", "compile_config": "fullgraph"},
+    },
+    "dynamic-grouped": {"backend": "transformers", "attention": GROUPED, "generate": {}},
+    "static-grouped": {"backend": "transformers", "attention": GROUPED, "generate": {"cache_implementation": "static"}},
+    "static-flex": {"backend": "transformers", "attention": "flex_attention", "generate": {"cache_implementation": "static"}},
 }
 
 
@@ -70,7 +78,8 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
     spec = VARIANTS[name]
     device = "cpu" if args.tiny else "auto"
     started = time.perf_counter()
-    model, tokenizer = load_for_inference(str(model_dir), device=device, backend=spec["backend"])
+    attention = {"attention": spec["attention"]} if spec["attention"] else {}
+    model, tokenizer = load_for_inference(str(model_dir), device=device, backend=spec["backend"], **attention)
     load_seconds = time.perf_counter() - started
     config = EvaluationConfig(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, continuation_tokens=0, compare_with_base=False
@@ -101,6 +110,7 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
     return {
         "variant": name,
         "backend": spec["backend"],
+        "attention": spec["attention"],
         "generate_kwargs": generate,
         "load_seconds": round(load_seconds, 1),
         "tokens_per_second": max(r["tokens_per_second"] for r in measured),
@@ -136,10 +146,6 @@ def main(argv=None) -> int:
     if len(questions) < args.n_prompts:
         print(f"{args.records} has only {len(questions)} records; benchmarking those", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory() as work:
-        model_dir = build_random_checkpoint(args.config, tokenizer, Path(work) / "random-model", tiny=args.tiny)
-        results = [run_variant(name, model_dir, questions, args) for name in variants]
-
     report = {
         "model_config": str(args.config),
         "tiny": args.tiny,
@@ -148,10 +154,16 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else platform.processor() or "cpu",
         "versions": library_versions(),
-        "variants": results,
-        "best": max(results, key=lambda r: r["tokens_per_second"])["variant"] if results else None,
+        "variants": [],
     }
-    args.out.write_text(json.dumps(report, indent=2, default=str))
+    results = report["variants"]
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = build_random_checkpoint(args.config, tokenizer, Path(work) / "random-model", tiny=args.tiny)
+        for name in variants:
+            results.append(run_variant(name, model_dir, questions, args))
+            # Written after every variant so that a run cut short still leaves what it measured.
+            report["best"] = max(results, key=lambda r: r["tokens_per_second"])["variant"]
+            args.out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({r["variant"]: r["tokens_per_second"] for r in results}), "->", args.out)
     return 0
 

@@ -69,7 +69,7 @@ def write_rouge_report(
 
 def _answer(reference: str, questions: list[str], config: EvaluationConfig) -> GenerationRun:
     """Load, answer, free: only one model is ever in memory."""
-    model, tokenizer = load_for_inference(reference, backend=config.inference_backend)
+    model, tokenizer = load_for_inference(reference, backend=config.inference_backend, attention=config.attention)
     cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
     try:
         return generate_answers(model, tokenizer, questions, config, **cache)

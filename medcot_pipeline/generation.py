@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from medcot_pipeline import grouped_attention
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
 from medcot_pipeline.configs import EvaluationConfig
@@ -61,11 +62,13 @@ def load_for_inference(
     device: str = "auto",
     dtype: str = "auto",
     backend: Literal["auto", "transformers", "unsloth"] = "auto",
+    attention: str = grouped_attention.NAME,
 ):
     """(model, tokenizer) ready for `generate_answers`: a merged model, or a base model plus a LoRA adapter.
 
     `model_path` may also be an adapter directory on its own; its base then comes from adapter_config.json.
     backend "auto" takes Unsloth's inference mode on CUDA when Unsloth is installed, transformers otherwise.
+    `attention` is the transformers attention implementation (Unsloth brings its own).
     """
     model_ref, adapter_dir = _resolve_paths(model_path, adapter_path)
     torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -88,7 +91,7 @@ def load_for_inference(
         if backend == "unsloth":
             model = _load_with_unsloth(model_ref, adapter_dir, torch_dtype)
         else:
-            model = _load_with_transformers(model_ref, adapter_dir, torch_dtype, torch_device)
+            model = _load_with_transformers(model_ref, adapter_dir, torch_dtype, torch_device, attention)
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelLoadError):
             raise
@@ -140,10 +143,14 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load_with_transformers(model_ref: str, adapter_dir: str | None, torch_dtype, torch_device):
+def _load_with_transformers(model_ref: str, adapter_dir: str | None, torch_dtype, torch_device, attention: str):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch_dtype, device_map=str(torch_device))
+    if attention == grouped_attention.NAME:
+        grouped_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_ref, dtype=torch_dtype, device_map=str(torch_device), attn_implementation=attention
+    )
     if adapter_dir is not None:
         from peft import PeftModel
 

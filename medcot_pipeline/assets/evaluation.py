@@ -86,7 +86,10 @@ def build_evaluation_assets(profile: Profile) -> list[dg.AssetsDefinition]:
         pool=GPU_POOL,
         code_version=code_version(
             [rouge_report, comparison_table, samples_table],
-            ["evaluation_report.py", "generation.py", "tagged_output.py", "metrics.py", "chat_format.py"],
+            [
+                "evaluation_report.py", "generation.py", "grouped_attention.py",
+                "tagged_output.py", "metrics.py", "chat_format.py",
+            ],
             {"config": profile.asset_config("rouge_report").model_dump(), "base_model": base_settings},
         ),
     )(rouge_report)
