@@ -61,6 +61,25 @@ def test_the_static_kv_cache_answers_as_the_dynamic_one(tiny_llama_dir, validati
     assert outputs["static"] == outputs["dynamic"] and all(tokens == 8 for _, tokens in outputs["static"])
 
 
+@pytest.mark.parametrize("attention", [None, "sdpa"])
+def test_both_models_load_with_the_configured_attention(tiny_llama_dir, validation, tmp_path, monkeypatch, attention):
+    from medcot_pipeline import evaluation_report
+
+    used = []
+    real_load = evaluation_report.load_for_inference
+
+    def spy(*args, **kwargs):
+        model, tokenizer = real_load(*args, **kwargs)
+        used.append(model.config._attn_implementation)
+        return model, tokenizer
+
+    monkeypatch.setattr(evaluation_report, "load_for_inference", spy)
+    chosen = {"attention": attention} if attention else {}  # None: the default, which must be the fast one
+    config = EvaluationConfig(batch_size=2, max_new_tokens=2, continuation_tokens=0, **chosen)
+    write_rouge_report(str(tiny_llama_dir), str(tiny_llama_dir), validation, config, tmp_path)
+    assert used == [attention or "grouped_sdpa"] * 2
+
+
 def test_a_validation_split_without_response_is_refused(tiny_llama_dir, validation, tmp_path):
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['response'\]"):
         write_rouge_report(str(tiny_llama_dir), None, validation.drop(columns="response"), EvaluationConfig(), tmp_path)
