@@ -21,7 +21,7 @@ import torch
 
 from random_model import DEFAULT_CONFIG, DEFAULT_RECORDS, TINY_SHAPE, llama32_instruct_tokenizer, load_questions  # noqa: E402
 from medcot_pipeline import grouped_attention  # noqa: E402
-from medcot_pipeline.generation import encode_prompt  # noqa: E402
+from medcot_pipeline.evaluation.generation import encode_prompt  # noqa: E402
 
 
 def main(argv=None) -> int:

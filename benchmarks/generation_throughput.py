@@ -2,7 +2,7 @@
 
 Not a test: run it on a CUDA host and keep the JSON it writes. Speed does not depend on weight values,
 so random weights of the real shape stand in for the trained model; min_new_tokens keeps every answer
-running to the token limit. Every variant goes through medcot_pipeline.generation.generate_answers.
+running to the token limit. Every variant goes through medcot_pipeline.evaluation.generation.generate_answers.
 
     python benchmarks/generation_throughput.py --config ../shared/gpu/llama-3.2-3b-instruct.config.json \\
         --variants dynamic,static,unsloth --out generation_throughput.json
@@ -30,9 +30,9 @@ import torch
 
 from random_model import DEFAULT_CONFIG, DEFAULT_RECORDS, build_random_checkpoint, llama32_instruct_tokenizer, load_questions  # noqa: E402
 from medcot_pipeline.base_models import load_tokenizer  # noqa: E402
-from medcot_pipeline.configs import EvaluationConfig  # noqa: E402
-from medcot_pipeline.generation import generate_answers, load_for_inference  # noqa: E402
-from medcot_pipeline.grouped_attention import NAME as GROUPED  # noqa: E402
+from medcot_pipeline.settings import EvaluationSettings  # noqa: E402
+from medcot_pipeline.evaluation.generation import generate_answers, load_for_inference  # noqa: E402
+from medcot_pipeline.evaluation.grouped_attention import NAME as GROUPED  # noqa: E402
 
 # What each variant loads and hands to model.generate beyond the shared settings. "sdpa" is transformers'
 # stock attention, which copies K/V to every query head in a padded batch; grouped_sdpa does not.
@@ -81,7 +81,7 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
     attention = {"attention": spec["attention"]} if spec["attention"] else {}
     model, tokenizer = load_for_inference(str(model_dir), device=device, backend=spec["backend"], **attention)
     load_seconds = time.perf_counter() - started
-    config = EvaluationConfig(
+    config = EvaluationSettings(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, continuation_tokens=0, compare_with_base=False
     )
     generate = {"min_new_tokens": args.max_new_tokens, **spec["generate"]}

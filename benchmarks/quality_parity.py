@@ -30,31 +30,29 @@ from random_model import DEFAULT_RECORDS, load_formatted_records
 def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> dict:
     import torch
 
-    from medcot_pipeline.configs import TrainingConfig
-    from medcot_pipeline.training.backends import load_model_for_training
-    from medcot_pipeline.training.sft_data import to_training_dataset
-    from medcot_pipeline.training.trainer import build_sft_config, build_trainer
+    from medcot_pipeline import backends
+    from medcot_pipeline.settings import TrainingSettings
+    from medcot_pipeline.training.recipe import build_trainer
 
     records_per_step = {"t4": 8, "h100": 24}[layout]
     common = dict(backend="transformers", load_in_4bit=False, optim="adamw_torch", gradient_checkpointing=False,
                   eval_steps=None, save_steps=10**9, report_to_wandb=False, lr_scheduler_type="constant_with_warmup")
     if layout == "t4":
-        config = TrainingConfig(**common, per_device_train_batch_size=1, gradient_accumulation_steps=8,
+        config = TrainingSettings(**common, per_device_train_batch_size=1, gradient_accumulation_steps=8,
                                 learning_rate=args.lr, max_steps=args.records // 8, warmup_steps=1)
     else:
         # 24 packed rows per optimizer step, fed as 6 micro-batches of 4 so that a CPU's memory holds the activations.
-        config = TrainingConfig(**common, per_device_train_batch_size=4, gradient_accumulation_steps=6,
+        config = TrainingSettings(**common, per_device_train_batch_size=4, gradient_accumulation_steps=6,
                                 packing=True, padding_free=True, learning_rate=args.lr * math.sqrt(3),
                                 max_steps=math.ceil(args.records / records_per_step), warmup_steps=0)
     torch.manual_seed(0)
-    model, tokenizer, _ = load_model_for_training(model_dir, config, args.max_seq_length)
-    train_set = to_training_dataset(tokenizer, train.head(args.records))
-    eval_set = to_training_dataset(tokenizer, validation)
+    model, tokenizer = backends.load_for_training("transformers", model_dir, config, args.max_seq_length)
     with tempfile.TemporaryDirectory() as output_dir:
-        sft_config = build_sft_config(config, output_dir, args.max_seq_length, has_eval=True, report_to=[])
-        sft_config.per_device_eval_batch_size = 4
-        sft_config.eval_packing = False  # both layouts are judged on the same unpacked validation batches
-        trainer = build_trainer(model, tokenizer, train_set, eval_set, sft_config, [])
+        trainer = build_trainer(
+            model, tokenizer, config, args.max_seq_length, train.head(args.records), validation, output_dir,
+            # Both layouts are judged on the same unpacked validation batches.
+            sft_overrides={"per_device_eval_batch_size": 4, "eval_packing": False},
+        )
         before = trainer.evaluate()["eval_loss"]
         started = time.perf_counter()
         trainer.train()

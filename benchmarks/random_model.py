@@ -67,10 +67,10 @@ def load_questions(records_path: Path, limit: int | None = None) -> list[str]:
 
 def load_formatted_records(records_path: Path):
     """The real records through the pipeline's own cleaning and formatting (what formatted_splits writes)."""
-    from medcot_pipeline.configs import RawDatasetConfig
-    from medcot_pipeline.dataset_sources import load_records
-    from medcot_pipeline.record_cleaning import clean_records
-    from medcot_pipeline.splits import format_records
+    from medcot_pipeline.settings import RawDatasetSettings
+    from medcot_pipeline.data.sources import load_records
+    from medcot_pipeline.data.cleaning import clean_records
+    from medcot_pipeline.data.splits import format_records
 
-    raw, _ = load_records(RawDatasetConfig(source="file", path=str(records_path)))
+    raw, _ = load_records(RawDatasetSettings(source="file", path=str(records_path)))
     return format_records(clean_records(raw)[0])

@@ -61,24 +61,23 @@ def variant_spec(name: str) -> tuple[str, dict]:
 
 
 def training_settings(name: str, tiny: bool):
-    """The variant's TrainingConfig and max_seq_length, read from its profile like `lora_adapter` does."""
-    from medcot_pipeline.configs import TrainingConfig
-    from medcot_pipeline.definitions import RESOURCE_TYPES
-    from medcot_pipeline.profiles import load_profile
+    """The variant's TrainingSettings and max_seq_length, read from its profile like `lora_adapter` does."""
+    from medcot_pipeline.defs.stages import read_profile
+    from medcot_pipeline.settings import TrainingSettings
 
     profile_name, changes = variant_spec(name)
-    profile = load_profile(PROFILES_DIR / f"{profile_name}.yaml", RESOURCE_TYPES)
+    profile = read_profile(PROFILES_DIR / f"{profile_name}.yaml")
     values = {**profile.ops.get("lora_adapter", {}), **changes, **BENCH_OVERRIDES}
     if tiny:
         values.update(backend="transformers", load_in_4bit=False, per_device_train_batch_size=min(values.get("per_device_train_batch_size", 1), 2))
     max_seq_length = profile.resource_values("base_model").get("max_seq_length", 1024)
-    return profile_name, TrainingConfig(**values), (256 if tiny else max_seq_length)
+    return profile_name, TrainingSettings(**values), (256 if tiny else max_seq_length)
 
 
 def resolved_backend(config) -> str:
-    from medcot_pipeline.training.backends import choose_backend
+    from medcot_pipeline.backends import resolve_backend
 
-    return choose_backend(config)
+    return resolve_backend(config.backend, "training")
 
 
 class CountingCollator:
@@ -166,9 +165,8 @@ def packing_leak_check(trainer, dataset) -> dict:
 
 
 def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
-    from medcot_pipeline.training.backends import load_model_for_training
-    from medcot_pipeline.training.sft_data import to_training_dataset
-    from medcot_pipeline.training.trainer import build_sft_config, build_trainer
+    from medcot_pipeline import backends
+    from medcot_pipeline.training.recipe import build_trainer
 
     profile_name, config, max_seq_length = training_settings(name, args.tiny)
     config = config.model_copy(update={"max_steps": args.warmup + args.steps})
@@ -184,15 +182,15 @@ def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        model, tokenizer, backend = load_model_for_training(str(model_dir), config, max_seq_length)
+        backends.prepare(backend)
+        model, tokenizer = backends.load_for_training(backend, str(model_dir), config, max_seq_length)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
         reuse.update(key=load_key, model=model, tokenizer=tokenizer, initial_lora=initial)
     load_seconds = time.perf_counter() - started
 
-    dataset = to_training_dataset(tokenizer, frame)
     with tempfile.TemporaryDirectory() as output_dir:
-        sft_config = build_sft_config(config, output_dir, max_seq_length, has_eval=False, report_to=[])
-        trainer = build_trainer(model, tokenizer, dataset, None, sft_config, [])
+        trainer = build_trainer(model, tokenizer, config, max_seq_length, frame, None, output_dir)
+        dataset = trainer.train_dataset
         counter = CountingCollator(trainer.data_collator, tokenizer.pad_token_id)
         trainer.data_collator = counter
         timer = step_timer(counter)
@@ -221,9 +219,8 @@ def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
             try:
                 # Two tokenized records, flattened into one row by the padding-free collator as packing does
                 # (max_length None: TRL refuses a length limit it would not enforce without packing).
-                check_config = build_sft_config(config.model_copy(update={"packing": False, "padding_free": True}),
-                                                output_dir, None, has_eval=False, report_to=[])
-                checker = build_trainer(model, tokenizer, dataset.select(range(2)), None, check_config, [])
+                check_config = config.model_copy(update={"packing": False, "padding_free": True})
+                checker = build_trainer(model, tokenizer, check_config, None, frame.head(2), None, output_dir)
                 result["packing_isolation"] = packing_leak_check(checker, checker.train_dataset)
             except Exception as err:  # noqa: BLE001 - a check that cannot run is reported, not fatal to the timing
                 result["packing_isolation"] = {"error": f"{type(err).__name__}: {err}"}

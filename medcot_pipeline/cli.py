@@ -10,8 +10,8 @@ import sys
 from transformers import TextStreamer
 from transformers.utils import logging as transformers_logging
 
-from medcot_pipeline.configs import EvaluationConfig
-from medcot_pipeline.generation import ModelLoadError, generate_answers, load_for_inference
+from medcot_pipeline.settings import GenerationSettings
+from medcot_pipeline.evaluation.generation import ModelLoadError, generate_answers, load_for_inference
 
 EXIT_USAGE = 2
 
@@ -64,12 +64,11 @@ def ask(args: argparse.Namespace) -> int:
         print(f"medcot: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 
-    config = EvaluationConfig(
+    config = GenerationSettings(
         batch_size=1,
         max_new_tokens=args.max_new_tokens,
         continuation_tokens=args.continuation_tokens,
         do_sample=args.sample,
-        compare_with_base=False,
         **sampling,
     )
     streamer = None if args.no_stream else StderrStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

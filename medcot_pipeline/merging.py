@@ -6,15 +6,14 @@ rounding the merged weights back to 4 bits would throw away most of what the ada
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from medcot_pipeline.artifact_io import atomic_directory, files_sha256
 from medcot_pipeline.base_models import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,38 +36,24 @@ def merge_adapter(
     *,
     dtype: str = "bfloat16",
     max_shard_size: str = "5GB",
-    method: str = "peft",
 ) -> dict:
-    """Write base + adapter as one checkpoint into `out_dir` (renamed into place once complete).
+    """Write base + adapter as one checkpoint into `out_dir`, which appears only once it is complete.
 
-    method "peft" loads the 16-bit base with transformers and merges with PEFT (any device);
-    "unsloth" uses Unsloth's save_pretrained_merged on a CUDA machine.
+    The 16-bit base is loaded with transformers and merged with PEFT, on any device: exact, and
+    the same whichever backend trained the adapter.
     """
     if dtype not in DTYPES:
         raise MergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if method not in ("peft", "unsloth"):
-        raise MergeError(f"merge method {method!r} is not 'peft' or 'unsloth'")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        if method == "unsloth":
-            parameters = _merge_with_unsloth(adapter_dir, staging, dtype, max_shard_size)
-        else:
-            parameters = _merge_with_peft(base_model, adapter_dir, staging, dtype, max_shard_size)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # gigabytes of partial shards
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    with atomic_directory(out_dir) as staging:
+        parameters = _merge_with_peft(base_model, adapter_dir, staging, dtype, max_shard_size)
     weights = sorted(out_dir.glob("*.safetensors"))
     return {
         "path": str(out_dir),
         "parameters": parameters,
         "size_bytes": sum(f.stat().st_size for f in weights),
         "dtype": dtype,
-        "sha256": safetensors_sha256(weights),
+        "sha256": files_sha256(weights),
     }
 
 
@@ -108,19 +93,6 @@ def adapter_vocab_rows(adapter_dir) -> int | None:
             if key.endswith("embed_tokens.weight"):
                 return handle.get_slice(key).get_shape()[0]
     return None
-
-
-def _merge_with_unsloth(adapter_dir, staging: Path, dtype: str, max_shard_size: str) -> int:
-    from unsloth import FastLanguageModel
-
-    # Unsloth finds the base model in the adapter's config; loaded in 16 bits, the merge is exact.
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter_dir), dtype=DTYPES[dtype], load_in_4bit=False
-    )
-    parameters = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
-    check_free_space(staging.parent, parameters * DTYPES[dtype].itemsize)
-    model.save_pretrained_merged(str(staging), tokenizer, save_method="merged_16bit", max_shard_size=max_shard_size)
-    return parameters
 
 
 def sixteen_bit_source(base_model: str) -> str:
@@ -176,14 +148,3 @@ def check_free_space(directory: Path, needed_bytes: int) -> None:
             f"not enough disk to write the merged model under {directory}: needs about "
             f"{needed_bytes * DISK_MARGIN / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free"
         )
-
-
-def safetensors_sha256(files: list[Path]) -> str:
-    """One digest over the weight files, in name order, read in chunks (shards can be gigabytes)."""
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
-    return digest.hexdigest()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import os
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -46,10 +49,22 @@ def write_profile(path: Path, profile: dict) -> Path:
 
 
 def load_defs(profile_path: Path) -> dg.Definitions:
-    from medcot_pipeline.definitions import RESOURCE_TYPES, build_definitions
-    from medcot_pipeline.profiles import load_profile
+    """The code location as `dagster dev` loads it with MEDCOT_PROFILE=profile_path.
 
-    return build_definitions(load_profile(profile_path, RESOURCE_TYPES))
+    The profile is read when the definitions modules are imported (as when a code location starts), so
+    they are imported afresh here, and MEDCOT_PROFILE is put back afterwards.
+    """
+    previous = os.environ.get("MEDCOT_PROFILE")
+    os.environ["MEDCOT_PROFILE"] = str(profile_path)
+    try:
+        for name in [m for m in sys.modules if m == "medcot_pipeline.definitions" or m.startswith("medcot_pipeline.defs")]:
+            del sys.modules[name]
+        return importlib.import_module("medcot_pipeline.definitions").defs
+    finally:
+        if previous is None:
+            del os.environ["MEDCOT_PROFILE"]
+        else:
+            os.environ["MEDCOT_PROFILE"] = previous
 
 
 def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None) -> dg.ExecuteInProcessResult:

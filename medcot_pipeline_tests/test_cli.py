@@ -3,8 +3,8 @@
 import json
 
 from medcot_pipeline.cli import main
-from medcot_pipeline.configs import EvaluationConfig
-from medcot_pipeline.generation import generate_answers, load_for_inference
+from medcot_pipeline.settings import EvaluationSettings
+from medcot_pipeline.evaluation.generation import generate_answers, load_for_inference
 
 QUESTION = "Which drug treats strep throat?"
 
@@ -35,7 +35,7 @@ def test_a_bad_model_path_exits_2_with_one_error_line(tmp_path, capsys):
 
 def test_streaming_writes_tokens_to_stderr_and_sections_to_stdout(tiny_llama_dir, capsys):
     model, tokenizer = load_for_inference(str(tiny_llama_dir), device="cpu")
-    config = EvaluationConfig(batch_size=1, max_new_tokens=4, continuation_tokens=0)
+    config = EvaluationSettings(batch_size=1, max_new_tokens=4, continuation_tokens=0)
     text = generate_answers(model, tokenizer, [QUESTION], config).answers[0].text
     capsys.readouterr()  # drop the library's own chatter from loading
 

@@ -6,8 +6,10 @@ import datasets
 import pandas as pd
 import pytest
 
-from medcot_pipeline.configs import HUB_DATASET, RawDatasetConfig
-from medcot_pipeline.dataset_sources import REQUIRED_COLUMNS, DatasetError, load_records, sample_path
+from medcot_pipeline.settings import HUB_DATASET, RawDatasetSettings
+from medcot_pipeline.data.schema import RAW_COLUMNS as REQUIRED_COLUMNS
+from medcot_pipeline.data.schema import DatasetError
+from medcot_pipeline.data.sources import load_records, sample_path
 
 RECORDS = [
     {"Question": "What causes scurvy?", "Complex_CoT": "Okay, vitamin C.", "Response": "Vitamin C deficiency.", "extra": 1},
@@ -17,13 +19,14 @@ RECORDS = [
 
 
 def from_file(path, **kwargs):
-    return load_records(RawDatasetConfig(source="file", path=str(path), **kwargs))
+    return load_records(RawDatasetSettings(source="file", path=str(path), **kwargs))
 
 
 def test_sample_is_bundled_and_loads():
     assert sample_path().is_file()
-    df, source = load_records(RawDatasetConfig())
-    assert source == {"source": "sample", "location": str(sample_path()), "revision": None, "format": "jsonl"}
+    df, source = load_records(RawDatasetSettings())
+    assert (source.source, source.location, source.revision, source.format) == ("sample", str(sample_path()), None, "jsonl")
+    assert source.records == len(df) and len(source.content_sha256) == 64
     assert len(df) == 40
     assert set(REQUIRED_COLUMNS) <= set(df.columns)
     with_options = df["options"].notna().sum()
@@ -32,8 +35,8 @@ def test_sample_is_bundled_and_loads():
 
 
 def test_max_records_keeps_the_first_n():
-    df, _ = load_records(RawDatasetConfig(max_records=5))
-    full, _ = load_records(RawDatasetConfig())
+    df, _ = load_records(RawDatasetSettings(max_records=5))
+    full, _ = load_records(RawDatasetSettings())
     assert df["Question"].tolist() == full["Question"].head(5).tolist()
 
 
@@ -51,7 +54,7 @@ def test_every_file_format_round_trips_and_keeps_extra_columns(tmp_path, suffix)
         frame.to_csv(path, index=False)
 
     df, source = from_file(path, max_records=2)
-    assert source == {"source": "file", "location": str(path), "revision": None, "format": suffix}
+    assert (source.source, source.location, source.revision, source.format) == ("file", str(path), None, suffix)
     assert df["Question"].tolist() == ["What causes scurvy?", "What causes rickets?"]
     assert df["extra"].tolist() == [1, 2]
 
@@ -60,7 +63,7 @@ def test_json_file_may_hold_json_lines(tmp_path):
     path = tmp_path / "records.json"
     path.write_text("\n".join(json.dumps(record) for record in RECORDS))
     df, source = from_file(path)
-    assert len(df) == 3 and source["format"] == "json"
+    assert len(df) == 3 and source.format == "json"
 
 
 def test_missing_path_says_so(tmp_path):
@@ -70,7 +73,7 @@ def test_missing_path_says_so(tmp_path):
 
 def test_file_source_needs_a_path():
     with pytest.raises(DatasetError, match="source=file needs `path`"):
-        load_records(RawDatasetConfig(source="file"))
+        load_records(RawDatasetSettings(source="file"))
 
 
 def test_unsupported_suffix(tmp_path):
@@ -139,8 +142,8 @@ def test_wrong_columns_name_the_missing_ones_and_those_found(tmp_path, suffix):
     with pytest.raises(DatasetError) as err:
         from_file(path)
     message = str(err.value)
-    assert f"wrong.{suffix} lacks column(s) ['Complex_CoT', 'Response']" in message
-    assert "columns found: ['Question', 'cot', 'extra']" in message
+    assert f"wrong.{suffix}: column(s) Complex_CoT, Response missing" in message
+    assert "columns found: Question, cot, extra" in message
 
 
 def test_corrupt_parquet(tmp_path):
@@ -158,10 +161,11 @@ def test_hub_passes_the_configured_dataset_config_split_and_revision(monkeypatch
         return datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "extra"} for r in RECORDS])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    config = RawDatasetConfig(source="hub", hub_revision="0123abc", max_records=2)
+    config = RawDatasetSettings(source="hub", hub_revision="0123abc", max_records=2)
     df, source = load_records(config)
     assert calls == [((HUB_DATASET, "en"), {"split": "train", "revision": "0123abc"})]
-    assert source == {"source": "hub", "location": f"{HUB_DATASET}/en", "revision": "0123abc", "format": "hub"}
+    # The Hub id stays a two-part id: the config travels in its own field (a three-part id broke the model card).
+    assert (source.source, source.hub_id, source.hub_config, source.revision, source.format) == ("hub", HUB_DATASET, "en", "0123abc", "hub")
     assert df["Question"].tolist() == ["What causes scurvy?", "What causes rickets?"]
 
 
@@ -171,7 +175,7 @@ def test_hub_failure_names_dataset_config_and_revision(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DatasetError) as err:
-        load_records(RawDatasetConfig(source="hub", hub_config="zh", hub_revision="v9"))
+        load_records(RawDatasetSettings(source="hub", hub_config="zh", hub_revision="v9"))
     message = str(err.value)
     assert HUB_DATASET in message and "config zh" in message and "revision v9" in message
     assert "ConnectionError: no route to host" in message
@@ -180,13 +184,13 @@ def test_hub_failure_names_dataset_config_and_revision(monkeypatch):
 
 def test_hub_data_without_required_columns(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([{"text": "x"}]))
-    with pytest.raises(DatasetError, match=r"revision main\) lacks column\(s\) \['Question', 'Complex_CoT', 'Response'\]"):
-        load_records(RawDatasetConfig(source="hub"))
+    with pytest.raises(DatasetError, match=r"revision main\): column\(s\) Question, Complex_CoT, Response missing"):
+        load_records(RawDatasetSettings(source="hub"))
 
 
 def test_real_records_load_from_file(real_records_path):
     df, source = from_file(real_records_path)
-    assert source["format"] == "json" and source["location"] == str(real_records_path)
+    assert source.format == "json" and source.location == str(real_records_path)
     assert len(df) == 198
     # The real export carries more columns than the three the pipeline needs; all are kept.
     assert {"Question", "Complex_CoT", "Response", "options", "answer_idx", "answer", "question"} <= set(df.columns)

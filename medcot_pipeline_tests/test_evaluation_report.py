@@ -6,13 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medcot_pipeline.asset_checks import build_asset_checks
-from medcot_pipeline.configs import EvaluationConfig
-from medcot_pipeline.evaluation_report import write_rouge_report
-from medcot_pipeline.profiles import Profile
-
-METRICS = {"rouge_l_response", "rouge_l_full", "format_compliance", "truncation_rate", "continuation_rate",
-           "mean_output_tokens", "n", "mc_accuracy", "tokens_per_second", "wall_seconds", "total_new_tokens"}
+from medcot_pipeline.contracts import EvaluationReport, ModelScores
+from medcot_pipeline.defs.checks import release_gate
+from medcot_pipeline.evaluation.report import write_rouge_report
+from medcot_pipeline.settings import EvaluationSettings
 
 
 def _reject(constant):
@@ -32,15 +29,14 @@ def validation():
 
 
 def test_report_grades_both_models_on_the_same_questions(tiny_llama_dir, validation, tmp_path):
-    config = EvaluationConfig(batch_size=2, max_new_tokens=4, continuation_tokens=0)
+    config = EvaluationSettings(batch_size=2, max_new_tokens=4, continuation_tokens=0)
     report = write_rouge_report(str(tiny_llama_dir), str(tiny_llama_dir), validation, config, tmp_path)
-    assert json.loads((tmp_path / "report.json").read_text()) == report
-    assert report["n"] == 2
-    for label in ("fine_tuned", "base"):
-        assert set(report[label]) == METRICS
-        assert report[label]["truncation_rate"] == 1.0 and report[label]["mean_output_tokens"] == 4
+    assert EvaluationReport.read(tmp_path) == report
+    assert report.n == 2 and report.settings == config and report.merged_model_dir == str(tiny_llama_dir)
+    for scores in (report.fine_tuned, report.base):
+        assert scores.truncation_rate == 1.0 and scores.mean_output_tokens == 4 and scores.n == 2
     # The same weights answer greedily: the two blocks score alike.
-    assert report["fine_tuned"]["rouge_l_response"] == report["base"]["rouge_l_response"]
+    assert report.fine_tuned.rouge_l_response == report.base.rouge_l_response
 
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     samples = [json.loads(line, parse_constant=_reject) for line in lines]  # strict JSON: no NaN
@@ -54,7 +50,7 @@ def test_report_grades_both_models_on_the_same_questions(tiny_llama_dir, validat
 def test_the_static_kv_cache_answers_as_the_dynamic_one(tiny_llama_dir, validation, tmp_path):
     outputs = {}
     for cache in ("dynamic", "static"):
-        config = EvaluationConfig(batch_size=2, max_new_tokens=6, continuation_tokens=2, kv_cache=cache, compare_with_base=False)
+        config = EvaluationSettings(batch_size=2, max_new_tokens=6, continuation_tokens=2, kv_cache=cache, compare_with_base=False)
         write_rouge_report(str(tiny_llama_dir), None, validation, config, tmp_path / cache)
         lines = (tmp_path / cache / "samples.jsonl").read_text().splitlines()
         outputs[cache] = [(s["output"], s["new_tokens"]) for s in map(json.loads, lines)]
@@ -63,7 +59,7 @@ def test_the_static_kv_cache_answers_as_the_dynamic_one(tiny_llama_dir, validati
 
 @pytest.mark.parametrize("attention", [None, "sdpa"])
 def test_both_models_load_with_the_configured_attention(tiny_llama_dir, validation, tmp_path, monkeypatch, attention):
-    from medcot_pipeline import evaluation_report
+    from medcot_pipeline.evaluation import report as evaluation_report
 
     used = []
     real_load = evaluation_report.load_for_inference
@@ -75,21 +71,30 @@ def test_both_models_load_with_the_configured_attention(tiny_llama_dir, validati
 
     monkeypatch.setattr(evaluation_report, "load_for_inference", spy)
     chosen = {"attention": attention} if attention else {}  # None: the default, which must be the fast one
-    config = EvaluationConfig(batch_size=2, max_new_tokens=2, continuation_tokens=0, **chosen)
+    config = EvaluationSettings(batch_size=2, max_new_tokens=2, continuation_tokens=0, **chosen)
     write_rouge_report(str(tiny_llama_dir), str(tiny_llama_dir), validation, config, tmp_path)
     assert used == [attention or "grouped_sdpa"] * 2
 
 
 def test_a_validation_split_without_response_is_refused(tiny_llama_dir, validation, tmp_path):
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['response'\]"):
-        write_rouge_report(str(tiny_llama_dir), None, validation.drop(columns="response"), EvaluationConfig(), tmp_path)
+    with pytest.raises(ValueError, match=r"validation split: column\(s\) response missing"):
+        write_rouge_report(str(tiny_llama_dir), None, validation.drop(columns="response"), EvaluationSettings(), tmp_path)
 
 
-@pytest.fixture(scope="module")
-def release_gate():
-    profile = Profile(name="test", path=Path("test.yaml"),
-                      ops={"rouge_report": {"rouge_tolerance": 0.02, "format_compliance_floor": 0.9}})
-    return next(check for check in build_asset_checks(profile) if check.check_key.name == "release_gate")
+def write_report(directory: Path, tuned_rouge: float, compliance: float, base_rouge: float | None, **settings) -> Path:
+    """A report.json as rouge_report writes it, with the scores and evaluation settings given."""
+
+    def scores(rouge: float, format_compliance: float) -> ModelScores:
+        return ModelScores(
+            rouge_l_response=rouge, rouge_l_full=rouge, format_compliance=format_compliance, truncation_rate=0.0,
+            continuation_rate=0.0, mean_output_tokens=10.0, n=4, tokens_per_second=1.0, wall_seconds=1.0, total_new_tokens=40,
+        )
+
+    EvaluationReport(
+        n=4, models={"fine_tuned": "merged"}, merged_model_dir="merged", settings=EvaluationSettings(**settings),
+        fine_tuned=scores(tuned_rouge, compliance), base=None if base_rouge is None else scores(base_rouge, 0.0),
+    ).write(directory)
+    return directory
 
 
 @pytest.mark.parametrize(
@@ -101,11 +106,9 @@ def release_gate():
         (0.40, 0.30, 0.80, True, False),  # compliance under the floor
     ],
 )
-def test_release_gate(release_gate, tmp_path, tuned_rouge, base_rouge, compliance, rouge_ok, compliance_ok):
-    report = {"fine_tuned": {"rouge_l_response": tuned_rouge, "format_compliance": compliance},
-              "base": {"rouge_l_response": base_rouge}}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    result = release_gate(str(tmp_path))  # the asset's value is the report directory
+def test_release_gate(tmp_path, tuned_rouge, base_rouge, compliance, rouge_ok, compliance_ok):
+    report_dir = write_report(tmp_path, tuned_rouge, compliance, base_rouge, rouge_tolerance=0.02, format_compliance_floor=0.9)
+    result = release_gate(str(report_dir))  # the asset's value is the report directory
     assert result.passed == (rouge_ok and compliance_ok)
     assert {key: value.value for key, value in result.metadata.items()} == {
         "fine_tuned_rouge_l": tuned_rouge, "base_rouge_l": base_rouge, "rouge_tolerance": 0.02,
@@ -114,7 +117,14 @@ def test_release_gate(release_gate, tmp_path, tuned_rouge, base_rouge, complianc
     }
 
 
-def test_release_gate_without_a_base_judges_compliance_only(release_gate, tmp_path):
-    (tmp_path / "report.json").write_text(json.dumps({"fine_tuned": {"rouge_l_response": 0.0, "format_compliance": 1.0}}))
-    result = release_gate(str(tmp_path))
+def test_release_gate_applies_the_thresholds_the_run_was_configured_with(tmp_path):
+    """A tolerance changed in the launchpad is recorded in report.json, and the gate applies that one."""
+    strict = release_gate(str(write_report(tmp_path / "strict", 0.25, 0.95, 0.30, rouge_tolerance=0.02)))
+    lenient = release_gate(str(write_report(tmp_path / "lenient", 0.25, 0.95, 0.30, rouge_tolerance=0.1)))
+    assert not strict.passed and lenient.passed
+    assert lenient.metadata["rouge_tolerance"].value == 0.1
+
+
+def test_release_gate_without_a_base_judges_compliance_only(tmp_path):
+    result = release_gate(str(write_report(tmp_path, 0.0, 1.0, None)))
     assert result.passed and result.metadata["base_rouge_l"].value == "not measured"

@@ -15,7 +15,8 @@ import psutil
 import pytest
 from dagster._serdes import serialize_value
 
-from medcot_pipeline.resources import ArtifactStore, tree_sha256
+from medcot_pipeline.artifact_io import tree_sha256
+from medcot_pipeline.defs.resources import ArtifactStore
 from medcot_pipeline_tests.conftest import REPO_ROOT
 from medcot_pipeline_tests.pipeline_harness import (
     ASSETS,
@@ -149,7 +150,7 @@ def test_new_version_renames_into_place_and_replaces_a_retry_of_the_same_run(tmp
     """A successful block renames staging to <root>/<asset>/<run_id>; a retried step of that run replaces it."""
     store = ArtifactStore(root=str(tmp_path / "artifacts"))
     with store.new_version("merged_model", "run-1") as staging:
-        assert staging.name == ".staging-run-1" and list(staging.iterdir()) == []
+        assert staging.name.startswith(".run-1.staging-") and list(staging.iterdir()) == []
         (staging / "first.txt").write_text("1")
         assert not store.path("merged_model", "run-1").exists()  # nothing visible until the block ends
     with store.new_version("merged_model", "run-1") as staging:
@@ -202,15 +203,15 @@ def test_profile_defaults_keep_the_config_constraints():
     """The Config classes built from a profile still reject out-of-range run config, before any step starts."""
     import pydantic
 
-    from medcot_pipeline.definitions import RESOURCE_TYPES
-    from medcot_pipeline.profiles import DEFAULT_PROFILE, load_profile
+    from medcot_pipeline.defs.profiles import DEFAULT_PROFILE
+    from medcot_pipeline.defs.stages import config_class, read_profile
 
-    profile = load_profile(DEFAULT_PROFILE, RESOURCE_TYPES)
+    profile = read_profile(DEFAULT_PROFILE)
     for asset, field, value in (("lora_adapter", "max_steps", -1), ("formatted_splits", "validation_size", 0),
                                 ("rouge_report", "batch_size", 0)):
         assert field in profile.ops[asset], f"demo.yaml no longer sets {asset}.{field}"
         with pytest.raises(pydantic.ValidationError, match=field):
-            profile.config_class(asset)(**{field: value})
+            config_class(asset, profile)(**{field: value})
 
 
 def test_a_bad_profile_stops_the_cli_at_launch_naming_file_and_key(tmp_path):

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from medcot_pipeline.configs import EvaluationConfig
-from medcot_pipeline.generation import (
+from medcot_pipeline.settings import EvaluationSettings
+from medcot_pipeline.evaluation.generation import (
     ModelLoadError,
     encode_prompt,
     generate_answers,
@@ -48,7 +48,7 @@ def test_load_errors_are_one_line_and_name_the_path(tiny_llama_dir, tmp_path):
 
 def test_open_answers_are_continued_then_flagged_truncated(loaded):
     model, tokenizer = loaded
-    config = EvaluationConfig(batch_size=2, max_new_tokens=5, continuation_tokens=3)
+    config = EvaluationSettings(batch_size=2, max_new_tokens=5, continuation_tokens=3)
     run = generate_answers(model, tokenizer, QUESTIONS, config)
     assert [a.question for a in run.answers] == QUESTIONS
     # Random weights never write </response> (nor, here, a stop token): 5 tokens, then 3 more, still open.
@@ -81,7 +81,7 @@ def test_generate_token_ids_cuts_after_the_stop_token_in_prompt_order(loaded):
 
 def test_a_stop_token_in_the_continuation_closes_the_answer(loaded):
     model, tokenizer = loaded
-    config = EvaluationConfig(batch_size=1, max_new_tokens=5, continuation_tokens=3)
+    config = EvaluationSettings(batch_size=1, max_new_tokens=5, continuation_tokens=3)
     prompt = encode_prompt(tokenizer, QUESTIONS[0], None)[0]
     free = generate_token_ids(model, tokenizer, [prompt], batch_size=1, max_new_tokens=8, do_sample=False)[0][0]
     forced = {tuple(prompt[-8:] + free[:6] + [tokenizer.eos_token_id]): 1e4}  # eos as the 7th token
@@ -100,8 +100,8 @@ def test_an_overlong_question_loses_its_middle_with_a_warning(loaded, caplog):
     assert "Patient history begins here." in prompt and "What is the most likely diagnosis?" in prompt
     assert "[…]" in prompt
 
-    config = EvaluationConfig(batch_size=1, max_new_tokens=2, continuation_tokens=0)
-    with caplog.at_level(logging.WARNING, logger="medcot_pipeline.generation"):
+    config = EvaluationSettings(batch_size=1, max_new_tokens=2, continuation_tokens=0)
+    with caplog.at_level(logging.WARNING, logger="medcot_pipeline.evaluation.generation"):
         run = generate_answers(model, tokenizer, [question], config, max_prompt_tokens=96)
     assert run.answers[0].prompt_truncated
     assert any("question 0" in r.message and "cut the middle" in r.message for r in caplog.records)

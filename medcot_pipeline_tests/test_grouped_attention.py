@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers.integrations import sdpa_attention
 
-from medcot_pipeline import grouped_attention
-from medcot_pipeline.generation import encode_prompt, load_for_inference
+from medcot_pipeline.evaluation import grouped_attention
+from medcot_pipeline.evaluation.generation import encode_prompt, load_for_inference
 
 QUESTIONS = [
     "Which drug treats strep throat?",

@@ -5,10 +5,10 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe  # not exported at the top level in Dagster 1.13
 
-from medcot_pipeline.assets.data import build_hub_dataset_source
-from medcot_pipeline.dataset_sources import load_records
-from medcot_pipeline.configs import RawDatasetConfig
-from medcot_pipeline.resources import HubResource
+from medcot_pipeline.defs.assets.data import medical_o1_hub_dataset
+from medcot_pipeline.data.sources import load_records
+from medcot_pipeline.settings import RawDatasetSettings
+from medcot_pipeline.defs.resources import HubResource
 from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, stale_assets, write_profile
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
@@ -19,14 +19,14 @@ def hub_commit(monkeypatch):
     """The commit the fake Hub reports; tests move it forward."""
     commit = {"sha": "a" * 40}
     monkeypatch.setattr(HubResource, "dataset_revision", lambda self, repo_id: commit["sha"])
-    sample, _ = load_records(RawDatasetConfig(source="sample", max_records=12))
+    sample, _ = load_records(RawDatasetSettings(source="sample", max_records=12))
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_pandas(sample))
     return commit
 
 
 def test_observation_records_the_commit_as_data_version(hub_commit):
     instance = dg.DagsterInstance.ephemeral()
-    result = observe([build_hub_dataset_source(HUB_DATASET)], resources={"hub": HubResource()}, instance=instance)
+    result = observe([medical_o1_hub_dataset], resources={"hub": HubResource()}, instance=instance)
     assert result.success
     [observation] = result.asset_observations_for_node("medical_o1_hub_dataset")
     assert observation.tags["dagster/data_version"] == "a" * 40
@@ -35,7 +35,7 @@ def test_observation_records_the_commit_as_data_version(hub_commit):
 
 def test_observation_without_network_fails_naming_the_dataset(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = observe([build_hub_dataset_source(HUB_DATASET)], resources={"hub": HubResource()}, raise_on_error=False)
+    result = observe([medical_o1_hub_dataset], resources={"hub": HubResource()}, raise_on_error=False)
     assert not result.success
     [failure] = [event for event in result.all_events if event.is_step_failure]
     assert f"cannot read the current commit of {HUB_DATASET} from the Hub" in failure.step_failure_data.error.message
@@ -49,7 +49,7 @@ def test_a_new_commit_upstream_marks_raw_dataset_stale(hub_commit, tmp_path):
     defs = load_defs(write_profile(tmp_path / "hub.yaml", profile))
     instance = dg.DagsterInstance.ephemeral()
     assert dg.AssetKey("medical_o1_hub_dataset") in defs.resolve_assets_def("raw_dataset").dependency_keys
-    source = build_hub_dataset_source(HUB_DATASET)  # the same key, unbound, as observing from the UI does
+    source = medical_o1_hub_dataset  # the same key, unbound, as observing from the UI does
 
     assert observe([source], resources={"hub": HubResource()}, instance=instance).success
     assert materialize(defs, instance, selection=["raw_dataset"]).success

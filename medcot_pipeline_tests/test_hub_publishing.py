@@ -16,14 +16,16 @@ import pytest
 from huggingface_hub import constants
 from safetensors.numpy import save_file
 
-from medcot_pipeline.hub_publishing import (
+from medcot_pipeline.release.hub_publishing import (
     ReleaseAuthError,
     ReleaseError,
     adapter_repo_id,
     push_release,
     stage_release,
 )
-from medcot_pipeline.model_card import ReleaseFacts, build_model_card
+from medcot_pipeline.contracts import BaseModelRef, ReleaseManifest
+from medcot_pipeline.release.model_card import ReleaseFacts, build_model_card
+from medcot_pipeline_tests.contract_factories import evaluation_report, training_summary
 
 REPO_ID = "clinic-ml/medcot-test"
 TOKEN = "hf_FakeWriteToken0123456789abcdefXYZ"
@@ -67,16 +69,10 @@ def adapter_dir(tmp_path) -> Path:
 def card():
     facts = ReleaseFacts(
         repo_id=REPO_ID,
-        base_model=BASE_ID,
-        dataset_id="FreedomIntelligence/medical-o1-reasoning-SFT",
-        dataset_config="en",
-        dataset_revision="0123abc",
         license="llama3.2",
-        metrics={"fine_tuned": {"rouge_l_response": 0.3, "format_compliance": 0.95}, "base": {"rouge_l_response": 0.2}, "n": 10},
-        training={"max_steps": 5, "backend": "transformers", "load_in_4bit": False},
-        hardware="CPU",
-        wall_time_seconds=12.0,
-        code_version="0.1.0",
+        training=training_summary(base_model=BaseModelRef(name=BASE_ID, reference=BASE_ID), backend="transformers", base_weights="float32"),
+        evaluation=evaluation_report(n=10),
+        code_version={"hub_release": "0.1.0"},
         adapter_location="adapter/",
     )
     return build_model_card(facts)
@@ -106,11 +102,11 @@ def test_subfolder_layout_manifest_and_hardlinks(tmp_path, merged_dir, adapter_d
         "model/adapter/README.md", "model/adapter/adapter_config.json", "model/adapter/adapter_model.safetensors",
     }
     assert (out / "model" / "README.md").read_text() == str(card)
-    assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert set(manifest["files"]) == files_under(out) - {"manifest.json"}
-    for relative, digest in manifest["files"].items():
+    assert ReleaseManifest.read(out) == manifest
+    assert set(manifest.files) == files_under(out) - {"manifest.json"}
+    for relative, digest in manifest.files.items():
         assert hashlib.sha256((out / relative).read_bytes()).hexdigest() == digest, relative
-    assert manifest["total_bytes"] == sum((out / r).stat().st_size for r in manifest["files"])
+    assert manifest.total_bytes == sum((out / r).stat().st_size for r in manifest.files)
     # Same filesystem: the weights are hard links, not copies.
     assert os.stat(out / "model" / "model.safetensors").st_ino == os.stat(merged_dir / "model.safetensors").st_ino
     # The adapter points at the Hub id of its base, not at the training machine's path.

@@ -9,6 +9,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from medcot_pipeline import merging
+from medcot_pipeline.artifact_io import files_sha256
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_merged_model_reproduces_the_adapter_logits(tiny_llama_dir, adapter_dir,
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
     assert not list(merged_dir.glob("adapter_*"))
     assert info["size_bytes"] == (merged_dir / "model.safetensors").stat().st_size
-    assert info["sha256"] == merging.safetensors_sha256([merged_dir / "model.safetensors"])
+    assert info["sha256"] == files_sha256([merged_dir / "model.safetensors"])
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # staging renamed away
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)

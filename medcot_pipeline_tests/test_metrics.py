@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from medcot_pipeline.generation import GeneratedAnswer
-from medcot_pipeline.metrics import (
+from medcot_pipeline.evaluation.generation import GeneratedAnswer
+from medcot_pipeline.evaluation.metrics import (
     choose_option,
     format_compliance,
     graded_response,
@@ -129,5 +129,5 @@ def test_summarize_and_score_answers_on_hand_built_answers():
         "n": 2,
         "mc_accuracy": 0.5,
     })
-    with pytest.raises(ValueError, match=r"lack column\(s\) \['target'\]"):
+    with pytest.raises(ValueError, match=r"reference rows: column\(s\) target missing"):
         score_answers(answers, references.drop(columns="target"))

@@ -2,56 +2,19 @@
 
 import re
 
-import pytest
 from huggingface_hub import ModelCard
 
-from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
-from medcot_pipeline.model_card import ReleaseFacts, build_adapter_card, build_model_card
+from medcot_pipeline.contracts import BaseModelRef, DatasetProvenance
+from medcot_pipeline.release.model_card import ReleaseFacts, build_adapter_card, build_model_card
+from medcot_pipeline_tests.contract_factories import evaluation_report, scores, training_summary
 
-REPORT = {
-    "fine_tuned": {
-        "rouge_l_response": 0.31876,
-        "rouge_l_full": 0.27412,
-        "format_compliance": 0.96,
-        "truncation_rate": 0.03,
-        "mc_accuracy": 0.58,
-        "tokens_per_second": 41.2,
-    },
-    "base": {"rouge_l_response": 0.18234, "rouge_l_full": 0.16001, "format_compliance": 0.0, "truncation_rate": 0.11},
-    "n": 100,
-    "config": {"do_sample": False, "max_new_tokens": 1024, "temperature": 0.7},
-}
-
-TRAINING = {
-    "profile": "h100",
-    "max_steps": 200,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "learning_rate": 1e-05,
-    "per_device_train_batch_size": 1,
-    "gradient_accumulation_steps": 8,
-    "max_seq_length": 2048,
-    "backend": "unsloth",
-    "load_in_4bit": True,
-    "lora_target_modules": ["q_proj", "v_proj"],
-}
-
-
-def facts(**overrides) -> ReleaseFacts:
+def facts(training=None, evaluation=None, **overrides) -> ReleaseFacts:
     values = dict(
         repo_id="clinic-ml/medcot-llama-3.2-3b",
-        base_model="meta-llama/Llama-3.2-3B-Instruct",
-        dataset_id="FreedomIntelligence/medical-o1-reasoning-SFT",
-        dataset_config="en",
-        dataset_revision="fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7",
         license="llama3.2",
-        metrics=REPORT,
-        training=TRAINING,
-        hardware="1x NVIDIA H100 80GB HBM3",
-        wall_time_seconds=3725.0,
+        training=training or training_summary(),
+        evaluation=evaluation or evaluation_report(),
         code_version={"lora_adapter": "a1b2c3d4e5f6", "hub_release": "0f9e8d7c6b5a"},
-        wandb_run="https://wandb.ai/clinic-ml/medcot/runs/abc123",
         adapter_location="adapter/",
     )
     values.update(overrides)
@@ -93,11 +56,11 @@ def test_metadata_and_model_index_carry_the_report_numbers():
 def test_results_table_compares_base_and_fine_tuned():
     text = build_model_card(facts()).text
 
-    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["0.1823", "0.3188"]
-    assert table_row(text, "ROUGE-L F1, whole output") == ["0.1600", "0.2741"]
-    assert table_row(text, "Well-formed `<think>`/`<response>` output") == ["0.0000", "0.9600"]
-    assert table_row(text, "Cut off before `</response>` (lower is better)") == ["0.1100", "0.0300"]
-    assert table_row(text, "Multiple-choice accuracy") == ["n/a", "0.5800"]
+    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["higher", "0.182", "0.319", "+0.136 (better)"]
+    assert table_row(text, "ROUGE-L F1, whole output") == ["higher", "0.160", "0.274", "+0.114 (better)"]
+    assert table_row(text, "Well-formed `<think>`/`<response>` output") == ["higher", "0.0%", "96.0%", "+96.0 pts (better)"]
+    assert table_row(text, "Cut off before `</response>`") == ["lower", "11.0%", "3.0%", "-8.0 pts (better)"]
+    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts (better)"]
     assert "100 questions held out of training" in text
     assert "with greedy decoding, up to 1024 new tokens" in text
 
@@ -117,8 +80,9 @@ def test_training_hardware_and_lineage():
     assert table_row(text, "Gradient accumulation steps") == ["8"]
     assert table_row(text, "Max sequence length (tokens)") == ["2048"]
     assert table_row(text, "LoRA target modules") == ["q_proj, v_proj"]
-    assert "4-bit QLoRA, Unsloth and TRL" in text
-    assert "Hardware: 1x NVIDIA H100 80GB HBM3. Training wall time: 1 h 02 min." in text
+    assert table_row(text, "Profile") == ["t4"] and table_row(text, "Training backend") == ["unsloth"]
+    assert "4-bit NF4 (QLoRA) base weights, Unsloth and TRL" in text
+    assert "Hardware: NVIDIA H100 80GB HBM3. Training wall time: 1 h 02 min." in text
     assert table_row(text, "`lora_adapter`") == ["`a1b2c3d4e5f6`"]
     assert table_row(text, "`hub_release`") == ["`0f9e8d7c6b5a`"]
     assert "revision `fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7`" in text
@@ -135,29 +99,29 @@ def test_round_trip_through_model_card():
 
 
 def test_local_sources_stay_out_of_hub_metadata(tmp_path):
-    card = build_model_card(
-        facts(
-            base_model=EMBEDDED_SMOLLM2,
-            dataset_id="bundled sample",
-            metrics={"fine_tuned": {"rouge_l_response": 0.1}, "n": 8},
-            training={"backend": "transformers", "load_in_4bit": False},
-            code_version="0.1.0",
-            wandb_run=str(tmp_path / "wandb" / "offline-run-1"),
-            wall_time_seconds=None,
-            adapter_location=None,
-        )
+    from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+    from medcot_pipeline.contracts import WandbRun
+
+    summary = training_summary(
+        base_model=BaseModelRef(name=EMBEDDED_SMOLLM2, reference=str(tmp_path / "smollm2")),
+        dataset=DatasetProvenance(source="sample", location="/site-packages/medcot_pipeline/sample_data/x.jsonl",
+                                  format="jsonl", records=40, content_sha256="c" * 64),
+        backend="transformers", base_weights="float32", hardware="CPU (x86_64)", wall_time_seconds=75.0,
+        wandb=WandbRun(run_path="medcot/offline-run-1", url=None, dir=str(tmp_path / "wandb" / "offline-run-1")),
     )
+    report = evaluation_report(n=8, fine_tuned=scores(rouge_l_response=0.1, mc_accuracy=None, mc_n=0), base=None)
+    card = build_model_card(facts(training=summary, evaluation=report, adapter_location=None))
     again = ModelCard(str(card))
 
     assert again.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert again.data.datasets is None  # not a Hub dataset id
-    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["n/a", "0.1000"]
-    assert "16-bit base weights, TRL and PEFT" in card.text
+    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["higher", "n/a", "0.100", ""]
+    assert "float32 base weights, TRL and PEFT" in card.text
     assert "offline" in card.text and "offline-run-1" in card.text
-    assert "Code version: `0.1.0`" in card.text and "wall time: not recorded" in card.text
+    assert "Hardware: CPU (x86_64). Training wall time: 1 min 15 s." in card.text
     assert "the LoRA adapter is not" in card.text
 
-    local = build_model_card(facts(base_model=str(tmp_path)))
+    local = build_model_card(facts(training=training_summary(base_model=BaseModelRef(name=str(tmp_path), reference=str(tmp_path)))))
     assert local.data.base_model is None and f"`{tmp_path}` (a local checkpoint)" in local.text
 
 

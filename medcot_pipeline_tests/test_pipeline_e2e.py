@@ -5,6 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from huggingface_hub import ModelCard
+
+from medcot_pipeline.contracts import EvaluationReport, TrainingSummary
 
 from medcot_pipeline_tests.pipeline_harness import ASSETS, load_defs, materialize, materialized_in, tiny_profile, write_profile
 
@@ -20,7 +23,10 @@ def test_whole_graph_on_smollm2(smollm2_dir, tmp_path):
     )
     (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
-    result = materialize(load_defs(write_profile(tmp_path / "smollm2.yaml", profile)), instance)
+    defs = load_defs(write_profile(tmp_path / "smollm2.yaml", profile))
+    graph = defs.resolve_asset_graph()
+    graph_versions = {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
+    result = materialize(defs, instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert materialized_in(result) == set(ASSETS)
     assert all(check.passed for check in result.get_asset_check_evaluations())
@@ -29,12 +35,24 @@ def test_whole_graph_on_smollm2(smollm2_dir, tmp_path):
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     merged = Path(result.output_for_node("merged_model"))
     assert (merged / "config.json").exists() and list(merged.glob("*.safetensors"))
-    report = json.loads((Path(result.output_for_node("rouge_report")) / "report.json").read_text())
-    assert 0.0 <= report["fine_tuned"]["rouge_l_response"] <= 1.0
-    assert "base" in report
+    report = EvaluationReport.read(result.output_for_node("rouge_report"))
+    assert 0.0 <= report.fine_tuned.rouge_l_response <= 1.0 and report.base is not None
     staged = Path(result.output_for_node("hub_release"))
-    assert (staged / "model" / "README.md").exists()
     assert list((artifacts / "wandb").rglob("*.wandb")), "W&B offline run files were not written"
+
+    # The card states the facts of the run that made it, read back from the staged README.
+    summary = TrainingSummary.read(adapter)
+    card = ModelCard.load(staged / "model" / "README.md")
+    assert summary.hardware.startswith("CPU") and f"Hardware: {summary.hardware}." in card.text
+    assert summary.wall_time_seconds > 0 and "wall time: not recorded" not in card.text
+    assert summary.wandb is not None and summary.wandb.dir in card.text
+    assert "float32 base weights, TRL and PEFT" in card.text  # CPU training: no 4-bit, no Unsloth
+    for label, value in (("Optimizer steps", "3"), ("Learning rate", "0.0003"), ("Training backend", "transformers"),
+                         ("Batch size per device", "2"), ("Max sequence length (tokens)", "384"), ("Steps trained", "3")):
+        assert f"| {label} | {value} |" in card.text, label
+    assert "medcot's bundled sample" in card.text
+    for asset in ASSETS:
+        assert f"| `{asset}` | `{graph_versions[asset]}` |" in card.text, asset
 
     release = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("hub_release")][0]
     assert "staged, not pushed" in release.materialization.metadata["status"].value

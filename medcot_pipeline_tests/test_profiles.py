@@ -2,19 +2,19 @@
 
 import pytest
 
-from medcot_pipeline.definitions import RESOURCE_TYPES
-from medcot_pipeline.profiles import PROFILES_DIR, ProfileError, load_profile
+from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
+from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
 
 
 @pytest.mark.parametrize("name", ["demo", "t4", "h100"])
 def test_shipped_profiles_load(name):
-    profile = load_profile(PROFILES_DIR / f"{name}.yaml", RESOURCE_TYPES)
-    assert profile.asset_config("lora_adapter").lora_r == 16
+    profile = read_profile(PROFILES_DIR / f"{name}.yaml")
+    assert profile_settings("lora_adapter", profile).lora_r == 16
 
 
 def test_t4_profile_is_the_seed():
-    profile = load_profile(PROFILES_DIR / "t4.yaml", RESOURCE_TYPES)
-    training = profile.asset_config("lora_adapter")
+    profile = read_profile(PROFILES_DIR / "t4.yaml")
+    training = profile_settings("lora_adapter", profile)
     assert profile.resource_values("base_model")["name"] == "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (1, 8)
     assert (training.learning_rate, training.max_steps, training.eval_steps) == (1e-5, 200, 50)
@@ -39,18 +39,18 @@ def test_bad_profile_names_the_key(tmp_path, body, named):
     path = tmp_path / "bad.yaml"
     path.write_text(body)
     with pytest.raises(ProfileError) as err:
-        load_profile(path, RESOURCE_TYPES)
+        read_profile(path)
     assert named in str(err.value)
     assert str(path) in str(err.value)
 
 
 def test_missing_profile_says_so(tmp_path):
     with pytest.raises(ProfileError, match="does not exist"):
-        load_profile(tmp_path / "nope.yaml", RESOURCE_TYPES)
+        read_profile(tmp_path / "nope.yaml")
 
 
 def test_profile_values_become_config_defaults():
-    profile = load_profile(PROFILES_DIR / "demo.yaml", RESOURCE_TYPES)
-    cls = profile.config_class("lora_adapter")
+    profile = read_profile(PROFILES_DIR / "demo.yaml")
+    cls = config_class("lora_adapter", profile)
     assert cls().max_steps == profile.ops["lora_adapter"]["max_steps"]
     assert cls(max_steps=3).max_steps == 3

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medcot_pipeline.configs import RawDatasetConfig
-from medcot_pipeline.dataset_sources import DatasetError, load_records
-from medcot_pipeline.record_cleaning import clean_records
+from medcot_pipeline.settings import RawDatasetSettings
+from medcot_pipeline.data.schema import DatasetError
+from medcot_pipeline.data.sources import load_records
+from medcot_pipeline.data.cleaning import clean_records
 
 
 def record(question="What lowers LDL most?", cot="Okay, statins inhibit HMG-CoA reductase.", response="Statins.", **extra):
@@ -103,7 +104,7 @@ def test_all_rows_dropped_raises_with_the_counts():
 
 
 def test_missing_required_column():
-    with pytest.raises(DatasetError, match=r"column\(s\) \['Response'\] missing"):
+    with pytest.raises(DatasetError, match=r"column\(s\) Response missing"):
         clean_records(pd.DataFrame([{"Question": "q", "Complex_CoT": "c"}]))
 
 
@@ -146,7 +147,7 @@ def test_extra_columns_pass_through():
 
 
 def test_sample_is_clean():
-    df, _ = load_records(RawDatasetConfig())
+    df, _ = load_records(RawDatasetSettings())
     out, counts = clean_records(df)
     assert counts["input_rows"] == counts["output_rows"] == 40
     assert counts["nulled_bad_options"] == 0
@@ -155,7 +156,7 @@ def test_sample_is_clean():
 
 
 def test_real_records(real_records_path, tmp_path):
-    df, _ = load_records(RawDatasetConfig(source="file", path=str(real_records_path)))
+    df, _ = load_records(RawDatasetSettings(source="file", path=str(real_records_path)))
     out, counts = clean_records(df)
     # The 198 demo records are well-formed: nothing dropped, coerced or stripped; 4 fields lose stray whitespace.
     assert counts == {
@@ -170,7 +171,7 @@ def test_real_records(real_records_path, tmp_path):
     # Parquet (what raw_dataset writes) stores options as a struct; cleaning must give the same JSON back.
     path = tmp_path / "raw.parquet"
     df.to_parquet(path)
-    from_parquet, _ = load_records(RawDatasetConfig(source="file", path=str(path)))
+    from_parquet, _ = load_records(RawDatasetSettings(source="file", path=str(path)))
     assert from_parquet["options"].map(lambda value: None in value.values()).any()  # the struct's null letters
     again, _ = clean_records(from_parquet)
     assert again["options"].tolist() == out["options"].tolist()

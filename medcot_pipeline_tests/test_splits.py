@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 
 from medcot_pipeline.chat_format import build_target
-from medcot_pipeline.configs import RawDatasetConfig
-from medcot_pipeline.dataset_sources import DatasetError, load_records
-from medcot_pipeline.record_cleaning import clean_records
-from medcot_pipeline.splits import FORMATTED_COLUMNS, format_records, split_train_validation
+from medcot_pipeline.settings import RawDatasetSettings
+from medcot_pipeline.data.schema import DatasetError
+from medcot_pipeline.data.sources import load_records
+from medcot_pipeline.data.cleaning import clean_records
+from medcot_pipeline.data.schema import FORMATTED_COLUMNS
+from medcot_pipeline.data.splits import format_records, split_train_validation
 
 
 def cleaned(n, **extra):
@@ -93,7 +95,7 @@ def test_fewer_than_two_questions_cannot_be_split():
 
 
 def test_real_records_format_and_split(real_records_path):
-    raw, _ = load_records(RawDatasetConfig(source="file", path=str(real_records_path)))
+    raw, _ = load_records(RawDatasetSettings(source="file", path=str(real_records_path)))
     formatted = format_records(clean_records(raw)[0])
     assert len(formatted) == 198
     assert formatted["target"].str.startswith("<think>").all() and formatted["target"].str.endswith("</response>").all()

@@ -8,11 +8,11 @@ from trl.data_utils import _tokenize  # what SFTTrainer calls per example; the r
 
 from medcot_pipeline.base_models import load_tokenizer
 from medcot_pipeline.chat_format import has_chat_template, training_example
-from medcot_pipeline.configs import RawDatasetConfig
-from medcot_pipeline.dataset_sources import load_records
-from medcot_pipeline.record_cleaning import clean_records
-from medcot_pipeline.splits import format_records
-from medcot_pipeline.token_budget import apply_overlength_policy, length_stats, record_token_lengths
+from medcot_pipeline.settings import RawDatasetSettings
+from medcot_pipeline.data.sources import load_records
+from medcot_pipeline.data.cleaning import clean_records
+from medcot_pipeline.data.splits import format_records
+from medcot_pipeline.data.token_budget import apply_overlength_policy, length_stats, record_token_lengths
 
 @pytest.fixture(scope="module")
 def llama_tokenizer():
@@ -21,7 +21,7 @@ def llama_tokenizer():
 
 @pytest.fixture(scope="module")
 def sample_formatted():
-    raw, _ = load_records(RawDatasetConfig())
+    raw, _ = load_records(RawDatasetSettings())
     return format_records(clean_records(raw)[0])
 
 
@@ -69,7 +69,7 @@ def test_sample_records_are_short_enough_for_cpu_training(llama_tokenizer, sampl
 
 
 def test_real_records_token_budget(llama_tokenizer, real_records_path):
-    raw, _ = load_records(RawDatasetConfig(source="file", path=str(real_records_path)))
+    raw, _ = load_records(RawDatasetSettings(source="file", path=str(real_records_path)))
     formatted = format_records(clean_records(raw)[0])
     stats = length_stats(record_token_lengths(llama_tokenizer, formatted))
     # Measured with the Llama-3.2 tokenizer and the Instruct layout: median 699, p90 902, p99 1050, max 1123.

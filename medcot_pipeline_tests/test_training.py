@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 
 from medcot_pipeline.chat_format import build_target
-from medcot_pipeline.configs import TrainingConfig
+from medcot_pipeline.contracts import BaseModelRef, ContractError, DatasetProvenance, TrainingJob, TrainingSummary, WandbTarget
+from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import run
 
 MAX_SEQ_LENGTH = 128  # every prompt of the rows used is shorter, so each example keeps completion tokens
 
 
 @pytest.fixture(scope="module")
-def splits(real_records_path, tmp_path_factory) -> dict[str, str]:
+def splits(real_records_path, tmp_path_factory) -> Path:
     """Six training and two validation rows in the formatted-split layout, from real medical-o1 records."""
     records = json.loads(Path(real_records_path).read_text())[2:10]
     frame = pd.DataFrame(
@@ -34,10 +35,10 @@ def splits(real_records_path, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("splits")
     frame.iloc[:6].to_parquet(folder / "train.parquet")
     frame.iloc[6:].to_parquet(folder / "validation.parquet")
-    return {"train_file": str(folder / "train.parquet"), "validation_file": str(folder / "validation.parquet")}
+    return folder
 
 
-def make_extras(base_model, splits, out: Path, *, wandb=False, **training) -> dict:
+def make_job(base_model, splits, out: Path, *, wandb=False, profile=None, **training) -> TrainingJob:
     settings = dict(
         backend="transformers",
         per_device_train_batch_size=1,
@@ -50,22 +51,19 @@ def make_extras(base_model, splits, out: Path, *, wandb=False, **training) -> di
         report_to_wandb=wandb,
     )
     settings.update(training)
-    return {
-        "base_model": str(base_model),
-        **splits,
-        "output_dir": str(out / "adapter"),
-        "checkpoint_dir": str(out / "checkpoints"),
-        "max_seq_length": MAX_SEQ_LENGTH,
-        "training": TrainingConfig(**settings).model_dump(),
-        "wandb": {
-            "enabled": wandb,
-            "mode": "offline",
-            "project": "medcot-tests",
-            "entity": None,
-            "dir": str(out / "wandb"),
-            "run_name": "test-run",
-        },
-    }
+    return TrainingJob(
+        base_model=BaseModelRef(name="tiny-llama", reference=str(base_model)),
+        splits_dir=str(splits),
+        output_dir=str(out / "adapter"),
+        checkpoint_dir=str(out / "checkpoints"),
+        max_seq_length=MAX_SEQ_LENGTH,
+        settings=TrainingSettings(**settings),
+        wandb=WandbTarget(enabled=wandb, mode="offline", project="medcot-tests", dir=str(out / "wandb"), run_name="test-run"),
+        dataset=DatasetProvenance(source="file", location="huatuo_o1_demo.json", format="json", records=8, content_sha256="0" * 64),
+        splits_sha256="1" * 64,
+        profile=profile,
+        lineage={"raw_dataset": "raw-v1", "formatted_splits": "splits-v1"},
+    )
 
 
 class Lines(logging.Handler):
@@ -88,47 +86,53 @@ def recording_logger(name: str) -> tuple[logging.Logger, Lines]:
 def first_run(tiny_llama_dir, splits, tmp_path_factory):
     """Three steps with a checkpoint at step 2, evaluation at step 2 and an offline W&B run."""
     out = tmp_path_factory.mktemp("first_run")
-    extras = make_extras(tiny_llama_dir, splits, out, wandb=True, max_steps=3, save_steps=2, eval_steps=2)
+    job = make_job(tiny_llama_dir, splits, out, wandb=True, max_steps=3, save_steps=2, eval_steps=2)
     log, lines = recording_logger("first")
-    return out, extras, run.train(extras, log), lines.lines
+    return out, job, run.train(job, log), lines.lines
 
 
 def test_train_saves_the_adapter_with_losses_and_an_offline_wandb_run(first_run):
-    out, extras, summary, lines = first_run
+    out, job, summary, lines = first_run
 
     adapter = out / "adapter"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", run.SUMMARY_FILE):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", TrainingSummary.FILE):
         assert (adapter / name).is_file(), name
     assert (adapter / run.LOSS_CURVE_FILE).read_bytes().startswith(b"\x89PNG")
-    assert json.loads((adapter / run.SUMMARY_FILE).read_text())["global_step"] == 3
+    assert TrainingSummary.read(adapter) == summary
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
-    assert summary["global_step"] == 3 and summary["resumed_from"] is None
-    assert [row["step"] for row in summary["loss_per_step"]] == [1, 2, 3]
-    assert all(row["loss"] > 0 and row["tokens_per_second"] > 0 for row in summary["loss_per_step"])
+    # The provenance the model card states travels in the summary.
+    assert summary.base_model == job.base_model and summary.dataset == job.dataset and summary.settings == job.settings
+    assert summary.lineage == job.lineage and summary.splits_sha256 == job.splits_sha256
+    assert summary.backend == "transformers" and summary.base_weights == "float32" and summary.processes == 1
+    assert summary.hardware.startswith("CPU") and summary.wall_time_seconds >= summary.training_seconds > 0
+    assert summary.versions["trl"] != "not installed"
+
+    assert summary.global_step == 3 and summary.resumed_from is None
+    assert [row["step"] for row in summary.loss_per_step] == [1, 2, 3]
+    assert all(row["loss"] > 0 and row["tokens_per_second"] > 0 for row in summary.loss_per_step)
     # Evaluated at step 2 by schedule and once more after the last step.
-    assert [row["step"] for row in summary["eval_losses"]] == [2, 3]
-    assert summary["eval_loss_final"] == summary["eval_losses"][-1]["eval_loss"] > 0
-    assert summary["tokens_seen"] > 0 and summary["peak_gpu_memory_gib"] is None
+    assert [row["step"] for row in summary.eval_losses] == [2, 3]
+    assert summary.eval_loss_final == summary.eval_losses[-1]["eval_loss"] > 0
+    assert summary.tokens_seen > 0 and summary.peak_gpu_memory_gib is None
     assert "no checkpoint, starting fresh" in lines
     assert any(line.startswith("step 3/3: loss") for line in lines)
 
-    wandb_dir = Path(summary["wandb"]["dir"])
+    wandb_dir = Path(summary.wandb.dir)
     assert wandb_dir.is_relative_to(out / "wandb") and list(wandb_dir.glob("run-*.wandb"))
 
 
 def test_prompt_tokens_are_masked_and_the_assistant_turn_is_trained(tiny_llama_dir, splits, tmp_path):
-    from medcot_pipeline.training.backends import load_model_for_training
-    from medcot_pipeline.training.sft_data import read_split, to_training_dataset
-    from medcot_pipeline.training.trainer import build_sft_config, build_trainer
+    from medcot_pipeline import backends
+    from medcot_pipeline.data.schema import read_split
+    from medcot_pipeline.training.recipe import build_trainer
 
-    config = TrainingConfig(backend="transformers", lora_r=4, per_device_train_batch_size=2)
-    model, tokenizer, backend = load_model_for_training(str(tiny_llama_dir), config, 2048)
-    assert backend == "transformers" and tokenizer.padding_side == "right"
-    dataset = to_training_dataset(tokenizer, read_split(splits["train_file"]))
-    sft_config = build_sft_config(config, str(tmp_path), 2048, has_eval=False, report_to=[])
-    assert sft_config.optim == "adamw_torch"  # adamw_8bit needs bitsandbytes on CUDA
-    trainer = build_trainer(model, tokenizer, dataset, None, sft_config, [])
+    config = TrainingSettings(backend="transformers", lora_r=4, per_device_train_batch_size=2)
+    model, tokenizer = backends.load_for_training("transformers", str(tiny_llama_dir), config, 2048)
+    assert tokenizer.padding_side == "right"
+    train = read_split(splits, "train", ("question", "target"))
+    trainer = build_trainer(model, tokenizer, config, 2048, train, None, str(tmp_path))
+    assert trainer.args.optim == "adamw_torch"  # adamw_8bit needs bitsandbytes on CUDA
 
     batch = next(iter(trainer.get_train_dataloader()))
     for input_ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
@@ -144,27 +148,30 @@ def test_prompt_tokens_are_masked_and_the_assistant_turn_is_trained(tiny_llama_d
 
 
 def test_a_rerun_resumes_from_the_last_complete_checkpoint(first_run, tmp_path):
-    out, extras, _, _ = first_run
+    out, job, _, _ = first_run
     # A copy of the first run's checkpoints, as if it had been killed while saving step 3.
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(out / "checkpoints", checkpoints)
     (checkpoints / "checkpoint-3" / "trainer_state.json").unlink()
 
     log, lines = recording_logger("resume")
-    training = {**extras["training"], "max_steps": 4}
-    rerun = {**extras, "training": training, "checkpoint_dir": str(checkpoints), "output_dir": str(tmp_path / "adapter")}
-    rerun["wandb"] = {**extras["wandb"], "enabled": False}
+    rerun = job.model_copy(update={
+        "settings": job.settings.model_copy(update={"max_steps": 4}),
+        "checkpoint_dir": str(checkpoints),
+        "output_dir": str(tmp_path / "adapter"),
+        "wandb": job.wandb.model_copy(update={"enabled": False}),
+    })
     summary = run.train(rerun, log)
 
     assert "resuming from checkpoint-2" in lines.lines
     assert any("checkpoint-3 has no trainer_state.json" in line for line in lines.lines)
-    assert Path(summary["resumed_from"]).name == "checkpoint-2"
-    assert summary["global_step"] == 4
+    assert Path(summary.resumed_from).name == "checkpoint-2"
+    assert summary.global_step == 4
     # Steps 1-2 come back from the checkpoint's history; this process trained and timed steps 3-4.
-    rows = summary["loss_per_step"]
+    rows = summary.loss_per_step
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert [("elapsed_s" in row) for row in rows] == [False, False, True, True]
-    assert summary["tokens_seen"] > summary["tokens_this_run"] > 0
+    assert summary.tokens_seen > summary.tokens_this_run > 0
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -181,30 +188,42 @@ def test_an_interrupted_checkpoint_is_skipped(tmp_path):
 
 
 def test_extras_missing_a_key_name_it(tiny_llama_dir, splits, tmp_path):
-    extras = make_extras(tiny_llama_dir, splits, tmp_path)
+    extras = make_job(tiny_llama_dir, splits, tmp_path).model_dump(mode="json")
     del extras["checkpoint_dir"]
-    with pytest.raises(ValueError, match="'checkpoint_dir' is missing"):
-        run.validate_extras(extras)
-    extras = make_extras(tiny_llama_dir, splits, tmp_path, wandb=True)
+    with pytest.raises(ContractError, match="Pipes extras: checkpoint_dir: Field required"):
+        TrainingJob.parse(extras, "Pipes extras")
+    extras = make_job(tiny_llama_dir, splits, tmp_path, wandb=True).model_dump(mode="json")
     extras["wandb"]["mode"] = "cloud"
-    with pytest.raises(ValueError, match="wandb.mode"):
-        run.validate_extras(extras)
+    with pytest.raises(ContractError, match="wandb.mode"):
+        TrainingJob.parse(extras, "Pipes extras")
+    extras = make_job(tiny_llama_dir, splits, tmp_path).model_dump(mode="json")
+    extras["settings"]["max_stepz"] = 3
+    with pytest.raises(ContractError, match="settings.max_stepz: Extra inputs are not permitted"):
+        TrainingJob.parse(extras, "Pipes extras")
 
 
-def test_the_entry_point_imports_no_library_that_unsloth_must_precede():
+def test_the_job_and_summary_round_trip_through_json(first_run, tmp_path):
+    _, job, summary, _ = first_run
+    assert TrainingJob.parse(json.loads(job.model_dump_json()), "extras") == job
+    summary.write(tmp_path)
+    assert TrainingSummary.read(tmp_path) == summary
+
+
+def test_the_entry_point_imports_neither_dagster_nor_a_library_that_unsloth_must_precede():
     code = (
-        "import sys, medcot_pipeline.training.run; "
-        "print([m for m in ('transformers', 'trl', 'peft') if m in sys.modules])"
+        # Every torchrun rank runs this module: with `dagster` unimportable, it still imports (dagster_pipes only).
+        "import sys; sys.modules['dagster'] = None; import medcot_pipeline.training.run; "
+        "print([m for m in ('transformers', 'trl', 'peft', 'dagster') if sys.modules.get(m)])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-def materialize_training(extras: dict, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+def materialize_training(job: TrainingJob, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     @dg.asset
     def lora_adapter(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
         return pipes.run(
-            command=[sys.executable, "-m", "medcot_pipeline.training.run"], context=context, extras=extras
+            command=[sys.executable, "-m", "medcot_pipeline.training.run"], context=context, extras=job.model_dump(mode="json")
         ).get_materialize_result()
 
     return dg.materialize(
@@ -214,7 +233,7 @@ def materialize_training(extras: dict, instance: dg.DagsterInstance) -> dg.Execu
 
 def test_training_runs_as_a_pipes_subprocess(tiny_llama_dir, splits, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_training(make_extras(tiny_llama_dir, splits, tmp_path, max_steps=1, save_steps=1), instance)
+    result = materialize_training(make_job(tiny_llama_dir, splits, tmp_path, max_steps=1, save_steps=1), instance)
 
     assert result.success
     [materialization] = result.asset_materializations_for_node("lora_adapter")
@@ -233,7 +252,7 @@ def test_training_runs_as_a_pipes_subprocess(tiny_llama_dir, splits, tmp_path):
 def test_a_failing_training_process_fails_the_asset_with_its_cause(tiny_llama_dir, splits, tmp_path):
     missing = tmp_path / "no-such-model"
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_training(make_extras(missing, splits, tmp_path, max_steps=1), instance)
+    result = materialize_training(make_job(missing, splits, tmp_path, max_steps=1), instance)
 
     assert not result.success
     events = [entry.dagster_event for entry in instance.all_logs(result.run_id) if entry.dagster_event]
@@ -254,10 +273,10 @@ def test_out_of_memory_names_the_profile_and_suggests_smaller_settings(tiny_llam
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(SFTTrainer, "train", out_of_memory)
-    extras = {**make_extras(tiny_llama_dir, splits, tmp_path, max_steps=1, per_device_train_batch_size=24), "profile": "h100"}
+    job = make_job(tiny_llama_dir, splits, tmp_path, max_steps=1, per_device_train_batch_size=24, profile="h100")
     log, _ = recording_logger("oom")
     with pytest.raises(RuntimeError) as err:
-        run.train(extras, log)
+        run.train(job, log)
     message = str(err.value)
     assert message.startswith("CUDA ran out of memory training with profile h100 (batch 24 x accumulation 1")
     assert "t4 profile" in message and "per_device_train_batch_size" in message

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medcot_pipeline.profiles import DEFAULT_PROFILE
+from medcot_pipeline.defs.profiles import DEFAULT_PROFILE
 from medcot_pipeline_tests.conftest import REPO_ROOT
 from medcot_pipeline_tests.pipeline_harness import ASSETS
 

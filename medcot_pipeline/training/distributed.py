@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-TRAINING_MODULE = "medcot_pipeline.training.run"
 # NVLink multicast can take a shared host's GPUs out of service; NCCL, PyTorch and NVSHMEM all keep it off.
 MULTI_GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -23,13 +22,13 @@ def resolve_num_processes(num_gpus: int) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def launch_command(num_processes: int) -> list[str]:
-    """The training process, or torchrun starting `num_processes` of it on this host."""
+def launch_command(num_processes: int, module: str) -> list[str]:
+    """`python -m module`, or torchrun starting `num_processes` of it on this host."""
     if num_processes <= 1:
-        return [sys.executable, "-m", TRAINING_MODULE]
+        return [sys.executable, "-m", module]
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-        "-m", TRAINING_MODULE,
+        "-m", module,
     ]
 
 

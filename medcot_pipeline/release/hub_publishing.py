@@ -15,13 +15,14 @@ import httpx
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from medcot_pipeline.model_card import build_adapter_card
-from medcot_pipeline.resources import file_sha256
+from medcot_pipeline.artifact_io import file_sha256
+from medcot_pipeline.contracts import MergeRecord, ReleaseManifest
+from medcot_pipeline.release.model_card import build_adapter_card
 
 AdapterMode = Literal["subfolder", "separate_repo", "none"]
 ADAPTER_MODES = ("subfolder", "separate_repo", "none")
 ADAPTER_SUBFOLDER = "adapter"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = ReleaseManifest.FILE
 
 # The adapter directory also holds training leftovers (summaries, trainer state); only these travel.
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -76,7 +77,7 @@ def _stage_merged_model(merged_model_dir: Path, target: Path) -> None:
         relative = src.relative_to(merged_model_dir)
         if not src.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
-        if relative.as_posix() == "README.md":  # replaced by the release card
+        if relative.as_posix() in ("README.md", MergeRecord.FILE):  # the release card replaces the one; the other is local provenance
             continue
         _link_or_copy(src, target / relative)
 
@@ -105,7 +106,7 @@ def stage_release(
     adapter_mode: AdapterMode = "subfolder",
     *,
     repo_id: Optional[str] = None,
-) -> dict[str, Any]:
+) -> ReleaseManifest:
     """Lay out `out_dir` exactly as it will be pushed and write its manifest.
 
     out_dir/model/           merged weights, tokenizer, README.md (the card); pushed to `repo_id`
@@ -147,8 +148,8 @@ def stage_release(
     staged = sorted(p for folder in (model_dir, out_dir / ADAPTER_SUBFOLDER) for p in folder.rglob("*") if p.is_file())
     files = {path.relative_to(out_dir).as_posix(): file_sha256(path) for path in staged}
     total_bytes = sum((out_dir / relative).stat().st_size for relative in files)
-    manifest = {"repo_id": repo_id, "adapter_mode": adapter_mode, "files": files, "total_bytes": total_bytes}
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = ReleaseManifest(repo_id=repo_id, adapter_mode=adapter_mode, files=files, total_bytes=total_bytes)
+    manifest.write(out_dir)
     return manifest
 
 

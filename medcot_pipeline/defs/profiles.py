@@ -1,39 +1,22 @@
-"""Profiles: run-config YAML files that set every asset's config and the shared resources.
+"""Profiles: run-config YAML files (profiles/*.yaml) that set every stage's settings and the shared resources.
 
-The active profile (MEDCOT_PROFILE, default profiles/demo.yaml) becomes the defaults the UI's
-"Materialize" buttons use, and each asset's code version hashes its own code and its own
-settings. Changing only the evaluation settings therefore marks only rouge_report (and what
-depends on it) stale, and Dagster reruns exactly that.
+A profile is validated as a whole when it is read: an unknown key, a wrong type or an impossible value
+fails naming the file and the key. `stages.py` turns the active profile into the defaults of each
+asset's config and into its code version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pydantic
 import yaml
-from pydantic.fields import FieldInfo
 
-from medcot_pipeline import configs
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-PROFILES_DIR = PACKAGE_DIR.parent / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = PROFILES_DIR / "demo.yaml"
-
-ASSET_CONFIGS: dict[str, type[pydantic.BaseModel]] = {
-    "raw_dataset": configs.RawDatasetConfig,
-    "formatted_splits": configs.FormattingConfig,
-    "lora_adapter": configs.TrainingConfig,
-    "merged_model": configs.MergeConfig,
-    "rouge_report": configs.EvaluationConfig,
-    "hub_release": configs.ReleaseConfig,
-}
 # Secrets are resource fields too, but a profile must never carry them.
 SECRET_FIELDS = {"token", "api_key"}
 
@@ -49,22 +32,6 @@ class Profile:
     ops: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
-
-    def asset_config(self, asset: str) -> pydantic.BaseModel:
-        return ASSET_CONFIGS[asset](**self.ops.get(asset, {}))
-
-    def config_class(self, asset: str) -> type:
-        """The asset's Config class with this profile's values as its defaults."""
-        base = ASSET_CONFIGS[asset]
-        values = self.ops.get(asset, {})
-        if not values:
-            return base
-        # Only the default changes: the field keeps its type, description and limits (ge, le, ...).
-        fields = {
-            key: (base.model_fields[key].annotation, FieldInfo.merge_field_infos(base.model_fields[key], default=value))
-            for key, value in values.items()
-        }
-        return pydantic.create_model(base.__name__, __base__=base, **fields)
 
     def resource_values(self, resource: str) -> dict[str, Any]:
         return dict(self.resources.get(resource, {}))
@@ -85,7 +52,11 @@ def active_profile_path() -> Path:
     return Path(os.environ.get("MEDCOT_PROFILE") or DEFAULT_PROFILE)
 
 
-def load_profile(path: str | Path, resource_types: dict[str, type[pydantic.BaseModel]] | None = None) -> Profile:
+def load_profile(
+    path: str | Path,
+    op_types: dict[str, type[pydantic.BaseModel]],
+    resource_types: dict[str, type[pydantic.BaseModel]],
+) -> Profile:
     """Read and validate a profile; any unknown key or bad value fails here, at launch."""
     path = Path(path)
     if not path.exists():
@@ -100,8 +71,8 @@ def load_profile(path: str | Path, resource_types: dict[str, type[pydantic.BaseM
     if unknown:
         raise ProfileError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected ops, resources, execution")
 
-    ops = _sections(path, data.get("ops") or {}, "ops", ASSET_CONFIGS)
-    resources = _sections(path, data.get("resources") or {}, "resources", resource_types or {})
+    ops = _sections(path, data.get("ops") or {}, "ops", op_types)
+    resources = _sections(path, data.get("resources") or {}, "resources", resource_types)
     return Profile(name=path.stem, path=path, ops=ops, resources=resources, execution=data.get("execution") or {})
 
 
@@ -139,20 +110,3 @@ def _validate(where: str, schema: type[pydantic.BaseModel], values: dict) -> Non
         first = err.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         raise ProfileError(f"{where}.config.{key}: {first['msg']} (got {first.get('input')!r})") from err
-
-
-def code_version(
-    functions: Iterable[Callable], modules: Iterable[str], settings: dict[str, Any]
-) -> str:
-    """Hash of the code that computes an asset and the settings it reads: 12 hex digits."""
-    digest = hashlib.sha256()
-    for fn in functions:
-        digest.update(inspect.getsource(fn).encode())
-    for module in sorted(modules):
-        digest.update((PACKAGE_DIR / module).read_bytes() if (PACKAGE_DIR / module).is_file() else _tree_source(PACKAGE_DIR / module))
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:12]
-
-
-def _tree_source(directory: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*.py")))

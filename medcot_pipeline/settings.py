@@ -1,23 +1,29 @@
-"""Run configuration for each asset: the knobs a profile in profiles/*.yaml may turn.
+"""The settings of each stage, as plain pydantic models: what a profile in profiles/*.yaml may turn.
 
-Defaults here are the seed's real-run settings; `profiles/demo.yaml` shrinks them for a CPU.
-Pydantic validates every value, so a profile with a wrong type or an impossible number fails
-at launch with the field named.
+Defaults are the seed's real-run settings; `profiles/demo.yaml` shrinks them for a CPU. Nothing here
+imports Dagster: the training process, generation and `medcot ask` read these same models, and the
+Dagster edge (`medcot_pipeline.defs.stages`) turns them into `dg.Config` classes.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Optional
 
-import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
-# Pinned so that a rerun reads the same bytes; bump deliberately (the revision sensor says when).
+# Not pinned: this machine cannot reach the Hub to read the dataset's current commit. Set `hub_revision` to a
+# commit in your profile so a rerun reads the same bytes; the `hub_dataset_revision` sensor reports new ones.
 HUB_DATASET_REVISION = "main"
 
 
-class RawDatasetConfig(dg.Config):
+class Settings(BaseModel):
+    """Unknown keys are errors, so a typo in a profile fails instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RawDatasetSettings(Settings):
     source: Literal["sample", "file", "hub"] = Field(
         default="sample", description="sample: the records bundled in the package; file: `path`; hub: `hub_dataset`."
     )
@@ -29,7 +35,7 @@ class RawDatasetConfig(dg.Config):
     max_records: Optional[int] = Field(default=None, ge=1, description="Keep only the first N records.")
 
 
-class FormattingConfig(dg.Config):
+class FormattingSettings(Settings):
     validation_size: int = Field(default=100, ge=1, description="Records held out for evaluation.")
     seed: int = 3407
     overlength_policy: Literal["drop", "truncate"] = Field(
@@ -38,9 +44,9 @@ class FormattingConfig(dg.Config):
     max_dropped_share: float = Field(default=0.2, ge=0.0, le=1.0, description="Above this, the drop-rate check warns.")
 
 
-class TrainingConfig(dg.Config):
+class TrainingSettings(Settings):
     backend: Literal["auto", "transformers", "unsloth"] = Field(
-        default="auto", description="auto: Unsloth when CUDA is visible, else transformers + PEFT."
+        default="auto", description="auto: Unsloth on one CUDA GPU when installed, else transformers + PEFT."
     )
     load_in_4bit: bool = True
     lora_r: int = Field(default=16, ge=1)
@@ -67,21 +73,22 @@ class TrainingConfig(dg.Config):
     report_to_wandb: bool = True
 
 
-class MergeConfig(dg.Config):
+class MergeSettings(Settings):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     max_shard_size: str = "5GB"
 
 
-class EvaluationConfig(dg.Config):
-    num_questions: Optional[int] = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
+class GenerationSettings(Settings):
+    """How answers are generated: shared by `rouge_report` and `medcot ask`."""
+
     batch_size: int = Field(default=8, ge=1)
     max_new_tokens: int = Field(default=1024, ge=1)
     continuation_tokens: int = Field(
         default=512, ge=0, description="Extra tokens granted to an answer that has not closed </response> yet."
     )
-    inference_backend: Literal["transformers", "unsloth"] = Field(
-        default="transformers",
-        description="transformers generated 5.5x faster than Unsloth's inference mode on an H100 (benchmarks/README.md).",
+    inference_backend: Literal["auto", "transformers", "unsloth"] = Field(
+        default="auto",
+        description="auto is transformers: it generated 5.5x faster than Unsloth's inference mode on an H100 (benchmarks/README.md).",
     )
     attention: Literal["grouped_sdpa", "sdpa"] = Field(
         default="grouped_sdpa",
@@ -93,6 +100,10 @@ class EvaluationConfig(dg.Config):
     do_sample: bool = False
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
+
+
+class EvaluationSettings(GenerationSettings):
+    num_questions: Optional[int] = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
     compare_with_base: bool = True
     rouge_tolerance: float = Field(
         default=0.02, ge=0, description="The release gate fails when fine-tuned ROUGE-L < base ROUGE-L - tolerance."
@@ -100,7 +111,7 @@ class EvaluationConfig(dg.Config):
     format_compliance_floor: float = Field(default=0.9, ge=0, le=1)
 
 
-class ReleaseConfig(dg.Config):
+class ReleaseSettings(Settings):
     repo_id: str = Field(default="your-org/medcot-llama-3.2-3b", description="Hub repository for the merged model.")
     private: bool = True
     adapter: Literal["subfolder", "separate_repo", "none"] = Field(

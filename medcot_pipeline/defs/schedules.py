@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from medcot_pipeline.jobs import retraining_job
+from medcot_pipeline.defs.jobs import retraining_job
 
 weekly_retraining = dg.ScheduleDefinition(
     name="weekly_retraining",

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcot_pipeline.configs import RawDatasetConfig
+from medcot_pipeline.contracts import DatasetProvenance
+from medcot_pipeline.data.raw_parquet import frame_sha256
+from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, require_columns
+from medcot_pipeline.settings import RawDatasetSettings
 
-REQUIRED_COLUMNS = ("Question", "Complex_CoT", "Response")
 SAMPLE_FILE = "medical_cot_sample.jsonl"
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
-
-
-class DatasetError(ValueError):
-    """The configured records cannot be loaded or contain nothing usable."""
 
 
 def sample_path() -> Path:
@@ -25,16 +23,14 @@ def sample_path() -> Path:
     return Path(str(files("medcot_pipeline").joinpath("sample_data", SAMPLE_FILE)))
 
 
-def load_records(config: RawDatasetConfig) -> tuple[pd.DataFrame, dict]:
-    """The raw records as a DataFrame (extra columns kept) and a description of where they came from."""
+def load_records(config: RawDatasetSettings) -> tuple[pd.DataFrame, DatasetProvenance]:
+    """The raw records as a DataFrame (extra columns kept) and where they came from."""
     if config.source == "hub":
         df = _load_hub(config)
         origin = f"{config.hub_dataset} ({config.hub_config}, split {config.hub_split}, revision {config.hub_revision})"
-        source = {
-            "source": "hub",
-            "location": f"{config.hub_dataset}/{config.hub_config}",
-            "revision": config.hub_revision,
-            "format": "hub",
+        where = {
+            "hub_id": config.hub_dataset, "hub_config": config.hub_config, "hub_split": config.hub_split,
+            "revision": config.hub_revision, "location": origin, "format": "hub",
         }
     else:
         if config.source == "sample":
@@ -45,19 +41,19 @@ def load_records(config: RawDatasetConfig) -> tuple[pd.DataFrame, dict]:
             raise DatasetError("source=file needs `path` (a .json, .jsonl, .parquet or .csv file)")
         fmt, df = _load_file(path)
         origin = str(path)
-        source = {"source": config.source, "location": str(path), "revision": None, "format": fmt}
+        where = {"location": origin, "format": fmt}
 
     if len(df) == 0:
         raise DatasetError(f"{origin} has no records")
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    if missing:
-        raise DatasetError(f"{origin} lacks column(s) {missing}; columns found: {list(df.columns)}")
+    require_columns(df, RAW_COLUMNS, origin)
     if config.max_records is not None:
         df = df.head(config.max_records)
-    return df.reset_index(drop=True), source
+    df = df.reset_index(drop=True)
+    provenance = DatasetProvenance(source=config.source, records=len(df), content_sha256=frame_sha256(df), **where)
+    return df, provenance
 
 
-def _load_hub(config: RawDatasetConfig) -> pd.DataFrame:
+def _load_hub(config: RawDatasetSettings) -> pd.DataFrame:
     # Imported here so that the sample and file paths never pay for importing datasets.
     import datasets
 

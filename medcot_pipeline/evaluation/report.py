@@ -10,28 +10,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medcot_pipeline.configs import EvaluationConfig
-from medcot_pipeline.generation import GenerationRun, generate_answers, load_for_inference
-from medcot_pipeline.metrics import graded_response, score_answers, summarize
-
-REQUIRED_COLUMNS = ("question", "response", "target")
+from medcot_pipeline.contracts import SAMPLES_FILE, EvaluationReport, ModelScores
+from medcot_pipeline.data.schema import EVALUATION_COLUMNS, require_columns
+from medcot_pipeline.settings import EvaluationSettings
+from medcot_pipeline.evaluation.generation import GenerationRun, generate_answers, load_for_inference
+from medcot_pipeline.evaluation.metrics import graded_response, score_answers, summarize
 
 
 def write_rouge_report(
     merged_model_path: str,
     base_model_ref: str | None,
     validation: pd.DataFrame,
-    config: EvaluationConfig,
+    config: EvaluationSettings,
     out_dir: Path,
     log=logging,
-) -> dict:
-    """Grade the fine-tuned model (and the base model, when configured and given) on the same questions.
-
-    Returns what report.json holds: per model its metrics and generation speed, plus n and the config.
-    """
-    missing = [column for column in REQUIRED_COLUMNS if column not in validation.columns]
-    if missing:
-        raise ValueError(f"validation split lacks column(s) {missing}; columns found: {list(validation.columns)}")
+    code_version: str | None = None,
+) -> EvaluationReport:
+    """Grade the fine-tuned model (and the base model, when configured and given) on the same questions,
+    and write samples.jsonl and report.json (the `EvaluationReport`, settings included) into `out_dir`."""
+    require_columns(validation, EVALUATION_COLUMNS, "validation split")
     if validation.empty:
         raise ValueError("validation split has no rows to answer")
     rows = validation.head(config.num_questions).reset_index(drop=True) if config.num_questions else validation.reset_index(drop=True)
@@ -45,29 +42,34 @@ def write_rouge_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"n": len(rows), "models": models, "config": config.model_dump()}
-    with open(out_dir / "samples.jsonl", "w", encoding="utf-8") as samples:
+    scores: dict[str, ModelScores] = {}
+    with open(out_dir / SAMPLES_FILE, "w", encoding="utf-8") as samples:
         for label, reference in models.items():
             log.info(f"{label}: answering {len(rows)} validation question(s) with {reference}")
             run = _answer(reference, questions, config)
-            report[label] = summarize(run.answers, rows) | {
-                "tokens_per_second": run.tokens_per_second,
-                "wall_seconds": run.wall_seconds,
-                "total_new_tokens": run.total_new_tokens,
-            }
+            scores[label] = ModelScores(
+                **summarize(run.answers, rows),
+                tokens_per_second=run.tokens_per_second,
+                wall_seconds=run.wall_seconds,
+                total_new_tokens=run.total_new_tokens,
+            )
             for record in _sample_records(label, run, rows):
                 samples.write(json.dumps(record, ensure_ascii=False) + "\n")
-            metrics = report[label]
+            metrics = scores[label]
             log.info(
-                f"{label}: ROUGE-L (response) {metrics['rouge_l_response']:.4f}, format compliance "
-                f"{metrics['format_compliance']:.2%}, truncated {metrics['truncation_rate']:.2%}, "
+                f"{label}: ROUGE-L (response) {metrics.rouge_l_response:.4f}, format compliance "
+                f"{metrics.format_compliance:.2%}, truncated {metrics.truncation_rate:.2%}, "
                 f"{run.tokens_per_second:.1f} generated tokens/s"
             )
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    report = EvaluationReport(
+        n=len(rows), models=models, merged_model_dir=str(merged_model_path), settings=config,
+        fine_tuned=scores["fine_tuned"], base=scores.get("base"), code_version=code_version,
+    )
+    report.write(out_dir)
     return report
 
 
-def _answer(reference: str, questions: list[str], config: EvaluationConfig) -> GenerationRun:
+def _answer(reference: str, questions: list[str], config: EvaluationSettings) -> GenerationRun:
     """Load, answer, free: only one model is ever in memory."""
     model, tokenizer = load_for_inference(reference, backend=config.inference_backend, attention=config.attention)
     cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}

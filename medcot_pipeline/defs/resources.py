@@ -1,18 +1,19 @@
-"""Swappable infrastructure: where artifacts live, which base model, the Hub, and W&B."""
+"""Swappable infrastructure: where artifacts live (and how assets hand them on), which base model, the Hub, and W&B."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
 import dagster as dg
 from pydantic import Field
 
+from medcot_pipeline.artifact_io import atomic_directory, write_text_atomic
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+from medcot_pipeline.contracts import BaseModelRef
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -29,21 +30,42 @@ class ArtifactStore(dg.ConfigurableResource):
     def path(self, *parts: str) -> Path:
         return self.root_path.joinpath(*parts)
 
+    def version_dir(self, asset_name: str, run_id: str) -> Path:
+        return self.path(asset_name, run_id)
+
     @contextlib.contextmanager
     def new_version(self, asset_name: str, run_id: str) -> Iterator[Path]:
         """Yield an empty staging directory; on success it becomes `<root>/<asset>/<run_id>`."""
-        final = self.path(asset_name, run_id)
-        staging = self.path(asset_name, f".staging-{run_id}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
+        with atomic_directory(self.version_dir(asset_name, run_id)) as staging:
             yield staging
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if final.exists():  # a retried step of the same run replaces its own earlier output
-            shutil.rmtree(final)
-        os.replace(staging, final)
+
+
+class ArtifactPathIOManager(dg.ConfigurableIOManager):
+    """Hands each asset's artifact directory to the assets below it.
+
+    An asset returns the path of the directory it wrote; the path is kept as a small JSON file under the
+    artifacts root (not pickled into the Dagster home), so any process that can read the artifacts can
+    load it, and the asset's `path` metadata stays the artifact's own.
+    """
+
+    artifacts: ArtifactStore
+
+    def _ref_file(self, asset_key: dg.AssetKey) -> Path:
+        return self.artifacts.path("refs", f"{asset_key.to_python_identifier()}.json")
+
+    def handle_output(self, context: dg.OutputContext, obj: str) -> None:
+        ref = self._ref_file(context.asset_key)
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(ref, json.dumps({"path": str(obj), "run_id": context.run_id}) + "\n")
+
+    def load_input(self, context: dg.InputContext) -> str:
+        ref = self._ref_file(context.asset_key)
+        if not ref.exists():
+            raise dg.Failure(f"{context.asset_key.to_user_string()} has not been materialized under {self.artifacts.root_path}")
+        path = json.loads(ref.read_text())["path"]
+        if not Path(path).exists():
+            raise dg.Failure(f"{context.asset_key.to_user_string()}'s artifact {path} is gone; rematerialize it")
+        return path
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -58,6 +80,10 @@ class BaseModelResource(dg.ConfigurableResource):
         from medcot_pipeline.base_models import resolve_base_model
 
         return resolve_base_model(self.name, artifacts.path("base_models"))
+
+    def ref(self, artifacts: ArtifactStore) -> BaseModelRef:
+        """What the stages record about the base model: its configured name, what was loaded, the revision."""
+        return BaseModelRef(name=self.name, reference=self.resolve(artifacts), revision=self.revision)
 
     def tokenizer(self, artifacts: ArtifactStore):
         from medcot_pipeline.base_models import load_tokenizer
@@ -105,22 +131,18 @@ def env_secret(name: str) -> Optional[dg.EnvVar]:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+RESOURCE_TYPES = {"artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource}
 
 
-def tree_sha256(directory: Path) -> str:
-    """Content hash of a directory: file names and bytes, independent of timestamps."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def tree_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+def build_resources(values: dict[str, dict]) -> dict:
+    """The resources, configured from a profile's `resources:` section; secrets only from the environment."""
+    artifacts = ArtifactStore(**values.get("artifacts", {}))
+    return {
+        "artifacts": artifacts,
+        "io_manager": ArtifactPathIOManager(artifacts=artifacts),
+        "base_model": BaseModelResource(**values.get("base_model", {})),
+        # Unset means "stage, don't push" / "W&B offline".
+        "hub": HubResource(**values.get("hub", {}), token=env_secret("HF_TOKEN")),
+        "wandb": WandbResource(**values.get("wandb", {}), api_key=env_secret("WANDB_API_KEY")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }

@@ -29,7 +29,7 @@ from numbers import Integral, Real
 import pandas as pd
 
 from medcot_pipeline.chat_format import TAGS
-from medcot_pipeline.dataset_sources import REQUIRED_COLUMNS, DatasetError
+from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, require_columns
 
 _NULL, _NON_STRING = "null", "non_string"
 _BAD = object()  # marks options that were present but unreadable, so they can be counted
@@ -37,24 +37,22 @@ _BAD = object()  # marks options that were present but unreadable, so they can b
 
 def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The rows that pass the rule above, re-indexed, and how many rows each part of it touched."""
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    if missing:
-        raise DatasetError(f"cannot clean records: column(s) {missing} missing; columns found: {list(df.columns)}")
+    require_columns(df, RAW_COLUMNS, "cannot clean records")
 
     counts = {"input_rows": len(df)}
-    for field in REQUIRED_COLUMNS:
+    for field in RAW_COLUMNS:
         for reason in ("null", "non_string", "empty"):
             counts[f"dropped_{reason}_{field}"] = 0
-    counts |= {f"coerced_{field}": 0 for field in REQUIRED_COLUMNS}
+    counts |= {f"coerced_{field}": 0 for field in RAW_COLUMNS}
     counts |= {"stripped_tags": 0, "dropped_duplicate_question": 0, "nulled_bad_options": 0}
 
     kept_positions: list[int] = []
-    cleaned: dict[str, list[str]] = {field: [] for field in REQUIRED_COLUMNS}
+    cleaned: dict[str, list[str]] = {field: [] for field in RAW_COLUMNS}
     seen_questions: set[str] = set()
-    columns = {field: df[field].tolist() for field in REQUIRED_COLUMNS}
+    columns = {field: df[field].tolist() for field in RAW_COLUMNS}
     for position in range(len(df)):
         row: dict[str, str] = {}
-        for field in REQUIRED_COLUMNS:
+        for field in RAW_COLUMNS:
             text, problem = _as_text(columns[field][position])
             if problem is not None:
                 counts[f"dropped_{problem}_{field}"] += 1
@@ -73,7 +71,7 @@ def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
                 continue
             seen_questions.add(row["Question"])
             kept_positions.append(position)
-            for field in REQUIRED_COLUMNS:
+            for field in RAW_COLUMNS:
                 cleaned[field].append(row[field])
 
     counts["output_rows"] = len(kept_positions)
@@ -82,7 +80,7 @@ def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         raise DatasetError(f"no record survived cleaning: {counts['input_rows']} rows in, dropped {reasons}")
 
     out = df.iloc[kept_positions].reset_index(drop=True)
-    for field in REQUIRED_COLUMNS:
+    for field in RAW_COLUMNS:
         out[field] = cleaned[field]
     if "options" in out.columns:
         options = [_options_json(value) for value in out["options"].tolist()]

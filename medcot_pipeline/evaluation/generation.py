@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from medcot_pipeline import grouped_attention
+from medcot_pipeline import backends
+from medcot_pipeline.backends import hf_peft
+from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
-from medcot_pipeline.configs import EvaluationConfig
+from medcot_pipeline.settings import GenerationSettings
 from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,14 @@ def load_for_inference(
     *,
     device: str = "auto",
     dtype: str = "auto",
-    backend: Literal["auto", "transformers", "unsloth"] = "auto",
+    backend: str = "auto",
     attention: str = grouped_attention.NAME,
 ):
     """(model, tokenizer) ready for `generate_answers`: a merged model, or a base model plus a LoRA adapter.
 
     `model_path` may also be an adapter directory on its own; its base then comes from adapter_config.json.
-    backend "auto" takes Unsloth's inference mode on CUDA when Unsloth is installed, transformers otherwise.
-    `attention` is the transformers attention implementation (Unsloth brings its own).
+    `backend` goes through `backends.resolve_backend` ("auto" is transformers); `attention` is the transformers
+    attention implementation (Unsloth brings its own).
     """
     model_ref, adapter_dir = _resolve_paths(model_path, adapter_path)
     torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -85,13 +85,14 @@ def load_for_inference(
     except (BaseModelError, OSError, ValueError) as err:
         raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source}: {_first_line(err)}") from err
 
-    if backend == "auto":
-        backend = "unsloth" if torch_device.type == "cuda" and importlib.util.find_spec("unsloth") else "transformers"
     try:
-        if backend == "unsloth":
-            model = _load_with_unsloth(model_ref, adapter_dir, torch_dtype)
+        chosen = backends.resolve_backend(backend, "inference")
+        if chosen == "unsloth":
+            from medcot_pipeline.backends.unsloth_lora import model_for_inference
+
+            model = model_for_inference(model_ref, adapter_dir, torch_dtype)
         else:
-            model = _load_with_transformers(model_ref, adapter_dir, torch_dtype, torch_device, attention)
+            model = hf_peft.model_for_inference(model_ref, adapter_dir, torch_dtype, torch_device, attention)
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelLoadError):
             raise
@@ -143,45 +144,11 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load_with_transformers(model_ref: str, adapter_dir: str | None, torch_dtype, torch_device, attention: str):
-    from transformers import AutoModelForCausalLM
-
-    if attention == grouped_attention.NAME:
-        grouped_attention.register()
-    model = AutoModelForCausalLM.from_pretrained(
-        model_ref, dtype=torch_dtype, device_map=str(torch_device), attn_implementation=attention
-    )
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        # Merged once here so that every generated token skips the extra LoRA matmuls.
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return model
-
-
-def _load_with_unsloth(model_ref: str, adapter_dir: str | None, torch_dtype):
-    """The CUDA fast path; the only place this module imports Unsloth."""
-    from unsloth import FastLanguageModel
-
-    from transformers import AutoConfig
-
-    context = getattr(AutoConfig.from_pretrained(model_ref), "max_position_embeddings", None) or 4096
-    model, _ = FastLanguageModel.from_pretrained(
-        model_name=model_ref, max_seq_length=context, dtype=torch_dtype, load_in_4bit=False
-    )
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    FastLanguageModel.for_inference(model)
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
 # Prompts
 
 
-def prompt_budget(model, config: EvaluationConfig, max_prompt_tokens: int | None = None) -> int | None:
+def prompt_budget(model, config: GenerationSettings, max_prompt_tokens: int | None = None) -> int | None:
     """How many prompt tokens fit: the model's context less the answer's full allowance (continuation included)."""
     if max_prompt_tokens is not None:
         return max_prompt_tokens
@@ -247,7 +214,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def sampling_kwargs(config: EvaluationConfig) -> dict:
+def sampling_kwargs(config: GenerationSettings) -> dict:
     if config.do_sample:
         return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
     return {"do_sample": False}
@@ -283,7 +250,7 @@ def generate_answers(
     model,
     tokenizer,
     questions: list[str],
-    config: EvaluationConfig,
+    config: GenerationSettings,
     *,
     max_prompt_tokens: int | None = None,
     streamer=None,

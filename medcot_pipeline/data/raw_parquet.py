@@ -16,6 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _JSON_COLUMNS_KEY = b"medcot.json_columns"
+RECORDS_FILE = "records.parquet"
+
+
+def records_path(raw_dataset_dir: Path | str) -> Path:
+    return Path(raw_dataset_dir) / RECORDS_FILE
 
 
 def _is_plain_text_column(series: pd.Series) -> bool:

@@ -8,22 +8,18 @@ import math
 import pandas as pd
 
 from medcot_pipeline.chat_format import TAGS, build_target
-from medcot_pipeline.dataset_sources import REQUIRED_COLUMNS, DatasetError
+from medcot_pipeline.data.schema import MULTIPLE_CHOICE_COLUMNS, RAW_COLUMNS, DatasetError, require_columns
 
-FORMATTED_COLUMNS = ("question", "reasoning", "response", "target", "options", "answer_idx", "answer")
-MULTIPLE_CHOICE_COLUMNS = ("options", "answer_idx", "answer")
 # Small datasets keep most rows for training: validation never takes more than this share.
 MAX_VALIDATION_SHARE = 0.2
 
 
 def format_records(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cleaned record: question, reasoning, response, the training target, MCQ metadata."""
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    if missing:
-        raise DatasetError(f"cannot format records: column(s) {missing} missing; columns found: {list(df.columns)}")
-    questions, reasonings, responses = (df[column].tolist() for column in REQUIRED_COLUMNS)
+    require_columns(df, RAW_COLUMNS, "cannot format records")
+    questions, reasonings, responses = (df[column].tolist() for column in RAW_COLUMNS)
     for row, texts in enumerate(zip(questions, reasonings, responses)):
-        for field, text in zip(REQUIRED_COLUMNS, texts):
+        for field, text in zip(RAW_COLUMNS, texts):
             if not isinstance(text, str) or not text:
                 raise DatasetError(f"row {row}: {field} is not a non-empty string; run clean_records first")
             tag = next((tag for tag in TAGS if tag in text), None)
@@ -56,8 +52,7 @@ def split_train_validation(
     """
     if validation_size < 1:
         raise DatasetError(f"validation_size must be at least 1, got {validation_size}")
-    if "question" not in df.columns:
-        raise DatasetError(f"cannot split: no `question` column; columns found: {list(df.columns)}")
+    require_columns(df, ("question",), "cannot split")
     keys = [_split_key(seed, question) for question in df["question"].tolist()]
     distinct = sorted(set(keys))
     if len(distinct) < 2:

@@ -1,0 +1,36 @@
+"""Unsloth's FastLanguageModel: the only module that imports Unsloth (CUDA only)."""
+
+from __future__ import annotations
+
+from unsloth import FastLanguageModel
+
+
+def lora_model_for_training(base_model: str, settings, max_seq_length: int):
+    # dtype=None lets Unsloth pick bfloat16 where the GPU supports it, else float16.
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=base_model, max_seq_length=max_seq_length, load_in_4bit=settings.load_in_4bit, dtype=None
+    )
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.lora_target_modules),
+        use_gradient_checkpointing="unsloth" if settings.gradient_checkpointing else False,
+        random_state=settings.seed,
+    )
+
+
+def model_for_inference(model_ref: str, adapter_dir: str | None, torch_dtype):
+    """Unsloth's inference mode, for a user who asks for it by name (transformers is faster: backends.resolve_backend)."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(model_ref), "max_position_embeddings", None) or 4096
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=model_ref, max_seq_length=context, dtype=torch_dtype, load_in_4bit=False
+    )
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    FastLanguageModel.for_inference(model)
+    return model

@@ -1,0 +1,256 @@
+"""What crosses a boundary between stages or processes, as pydantic models dumped by the writer and
+validated by the reader: a renamed or missing key fails loudly instead of silently emptying a model card.
+
+Provenance travels inside the artifacts: the splits name the dataset they came from, the training
+summary names the splits, base model, settings and hardware, the merge names the adapter, the report
+names the merged model. A later stage follows that chain from its own inputs, never "the latest".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medcot_pipeline.artifact_io import write_text_atomic
+from medcot_pipeline.settings import EvaluationSettings, FormattingSettings, TrainingSettings
+
+C = TypeVar("C", bound="Contract")
+
+
+class ContractError(ValueError):
+    """A contract file that is missing or does not hold what its reader expects; the message names the file."""
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The file a contract is stored in, inside its artifact directory ("" for one that only travels).
+    FILE: ClassVar[str] = ""
+
+    def write(self, directory: Path | str) -> Path:
+        path = Path(directory) / self.FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls: type[C], directory: Path | str) -> C:
+        path = Path(directory) / cls.FILE
+        if not path.exists():
+            raise ContractError(f"{path} does not exist: the artifact is incomplete or from an older medcot")
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise ContractError(f"{path}: {where}: {first['msg']}") from err
+
+    @classmethod
+    def parse(cls: type[C], data: Any, where: str) -> C:
+        """Validate a mapping that arrived another way (Pipes extras); errors name `where` and the key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise ContractError(f"{where}: {key}: {first['msg']}") from err
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+class DatasetProvenance(Contract):
+    """Where the raw records came from (raw_dataset's source.json)."""
+
+    FILE: ClassVar[str] = "source.json"
+
+    source: Literal["sample", "file", "hub"]
+    hub_id: Optional[str] = None  # owner/name on the Hub, for source=hub
+    hub_config: Optional[str] = None
+    hub_split: Optional[str] = None
+    revision: Optional[str] = None  # the Hub revision as requested (a commit where pinned)
+    location: str  # the file read, or a description of the Hub dataset
+    format: str
+    records: int
+    content_sha256: str
+    code_version: Optional[str] = None
+
+
+class SplitsSummary(Contract):
+    """formatted_splits' summary.json: what went in, what was dropped and why, how it was split."""
+
+    FILE: ClassVar[str] = "summary.json"
+
+    dataset: DatasetProvenance
+    settings: FormattingSettings
+    tokenizer: str
+    max_seq_length: int
+    cleaning: dict[str, int]
+    token_lengths: dict[str, Optional[float]]
+    over_max_seq_length: int
+    split: dict[str, Any]
+    input_rows: int
+    train_rows: int
+    validation_rows: int
+    dropped_rows: int
+    dropped_share: float
+    content_sha256: str
+    code_version: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+class BaseModelRef(Contract):
+    name: str  # as configured: a Hub id, a local directory, or embedded:...
+    reference: str  # what from_pretrained was given (the embedded model's converted directory)
+    revision: Optional[str] = None
+
+
+class WandbTarget(Contract):
+    enabled: bool
+    mode: Literal["offline", "online"] = "offline"
+    project: str = "medcot"
+    entity: Optional[str] = None
+    dir: str = ""
+    run_name: str = ""
+
+
+class TrainingJob(Contract):
+    """The Pipes extras of the training process: everything `lora_adapter` hands it, and nothing secret."""
+
+    base_model: BaseModelRef
+    splits_dir: str
+    output_dir: str
+    checkpoint_dir: str
+    max_seq_length: int
+    settings: TrainingSettings
+    wandb: WandbTarget
+    dataset: DatasetProvenance
+    splits_sha256: str
+    profile: Optional[str] = None
+    code_version: Optional[str] = None
+    # asset -> code version of the upstream materializations this training read (raw_dataset, formatted_splits)
+    lineage: dict[str, Optional[str]] = {}
+
+
+class WandbRun(Contract):
+    run_path: str
+    url: Optional[str] = None
+    dir: str
+
+
+class TrainingSummary(Contract):
+    """training_summary.json, written beside the adapter by the process that trained it."""
+
+    FILE: ClassVar[str] = "training_summary.json"
+
+    backend: str
+    base_weights: str  # how the base was held while training: "4-bit NF4 (QLoRA)", "bfloat16", "float32"
+    processes: int
+    hardware: str  # the accelerator's name, e.g. "NVIDIA H100 80GB HBM3", or "CPU (x86_64)"
+    base_model: BaseModelRef
+    dataset: DatasetProvenance
+    splits_sha256: str
+    settings: TrainingSettings  # as configured (the global batch); per-process values are derived
+    max_seq_length: int
+    profile: Optional[str] = None
+    code_version: Optional[str] = None
+    lineage: dict[str, Optional[str]] = {}
+    global_step: int
+    resumed_from: Optional[str] = None
+    train_rows: int
+    validation_rows: int
+    train_loss_final: Optional[float] = None
+    eval_loss_final: Optional[float] = None
+    learning_rate_final: Optional[float] = None
+    loss_per_step: list[dict[str, Any]]
+    eval_losses: list[dict[str, Any]]
+    tokens_seen: int
+    tokens_this_run: int
+    tokens_per_second: Optional[float] = None
+    training_seconds: float
+    wall_time_seconds: float
+    peak_gpu_memory_gib: Optional[float] = None
+    versions: dict[str, str]
+    wandb: Optional[WandbRun] = None
+
+
+# ------------------------------------------------------------------------------------------------ merge
+
+
+class MergeRecord(Contract):
+    """merge.json beside the merged weights: which adapter went into them."""
+
+    FILE: ClassVar[str] = "merge.json"
+
+    adapter_dir: str
+    adapter_sha256: str
+    base_model: BaseModelRef
+    dtype: str
+    parameters: int
+    weights_sha256: str
+    size_bytes: int
+    code_version: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+class ModelScores(Contract):
+    rouge_l_response: float
+    rouge_l_full: float
+    format_compliance: float
+    truncation_rate: float
+    continuation_rate: float
+    mean_output_tokens: float
+    n: int
+    mc_accuracy: Optional[float] = None
+    mc_n: int = 0
+    tokens_per_second: float
+    wall_seconds: float
+    total_new_tokens: int
+
+
+# One JSON object a line per answered question (model, question, reference, output, scores), beside report.json.
+SAMPLES_FILE = "samples.jsonl"
+
+
+class EvaluationReport(Contract):
+    """rouge_report's report.json: the scores, the settings that produced them, and what was graded."""
+
+    FILE: ClassVar[str] = "report.json"
+
+    n: int
+    models: dict[str, str]  # label -> the model directory or id that answered
+    merged_model_dir: str
+    settings: EvaluationSettings
+    fine_tuned: ModelScores
+    base: Optional[ModelScores] = None
+    code_version: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------------------ release
+
+
+class ReleaseManifest(Contract):
+    """manifest.json of a staged release: every file that will be pushed, with its sha256; never pushed itself."""
+
+    FILE: ClassVar[str] = "manifest.json"
+
+    repo_id: str
+    adapter_mode: Literal["subfolder", "separate_repo", "none"]
+    files: dict[str, str]
+    total_bytes: int
+
+
+def read_json(path: Path | str) -> Any:
+    """A JSON file that is not a contract (e.g. a library's own config), failing with the path named."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ContractError(f"{path}: {err}") from err

@@ -1,0 +1,1 @@
+"""Stage 1: load raw records, clean them, format targets, split, measure in tokens."""

@@ -1,0 +1,1 @@
+"""Everything Dagster: assets, checks, resources, jobs, schedules and sensors. The rest of the package imports no Dagster."""

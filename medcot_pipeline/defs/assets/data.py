@@ -1,0 +1,157 @@
+"""Data stage: the raw records as loaded, and the formatted train/validation splits."""
+
+import dagster as dg
+import pandas as pd
+
+from medcot_pipeline.contracts import DatasetProvenance, SplitsSummary
+from medcot_pipeline.data import cleaning, raw_parquet, sources, splits, token_budget
+from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError
+from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, HubResource
+from medcot_pipeline.defs.stages import FormattingConfig, RawDatasetConfig, current_code_version, profile_settings, stage_asset
+
+# Sources that reach the network get retried; a schema error is not retried (it fails the same way).
+NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+HUB_DATASET = profile_settings("raw_dataset").hub_dataset
+
+
+def preview(df: pd.DataFrame, columns: list[str], rows: int = 3, width: int = 120) -> str:
+    shown = df[columns].head(rows).copy()
+    for column in columns:
+        shown[column] = shown[column].astype(str).str.slice(0, width).str.replace("\n", " ", regex=False).str.replace("|", "/", regex=False)
+    return shown.to_markdown(index=False)
+
+
+@dg.observable_source_asset(
+    name="medical_o1_hub_dataset",
+    group_name="data",
+    description=f"{HUB_DATASET} on the Hugging Face Hub; observing it records its current commit.",
+)
+def medical_o1_hub_dataset(hub: HubResource) -> dg.ObserveResult:
+    """The dataset on the Hub, observed by its commit: each new commit is a new data version upstream."""
+    try:
+        revision = hub.dataset_revision(HUB_DATASET)
+    except Exception as err:  # noqa: BLE001 - offline, auth or a missing repo all mean "cannot observe now"
+        raise dg.Failure(f"cannot read the current commit of {HUB_DATASET} from the Hub: {type(err).__name__}: {err}") from err
+    return dg.ObserveResult(data_version=dg.DataVersion(revision), metadata={"revision": revision, "dataset": HUB_DATASET})
+
+
+def source_is_network(config) -> bool:
+    return config.source == "hub"
+
+
+@stage_asset(
+    kinds={"huggingface", "parquet"},
+    # Linked only where the profile reads the Hub: a new upstream commit then marks raw_dataset stale.
+    deps=[medical_o1_hub_dataset] if source_is_network(profile_settings("raw_dataset")) else None,
+    retry_policy=NETWORK_RETRY,
+)
+def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, artifacts: ArtifactStore) -> dg.Output[str]:
+    """Medical-o1 records as loaded (Hub, file or the bundled sample), stored as Parquet."""
+    try:
+        records, provenance = sources.load_records(config)
+    except DatasetError as err:
+        raise dg.Failure(str(err), allow_retries=source_is_network(config)) from err
+    provenance = provenance.model_copy(update={"code_version": current_code_version(context)})
+    content_hash = provenance.content_sha256
+    with artifacts.new_version("raw_dataset", context.run_id) as staging:
+        raw_parquet.write_raw_parquet(records, staging / raw_parquet.RECORDS_FILE)
+        provenance.write(staging)
+    out_dir = artifacts.version_dir("raw_dataset", context.run_id)
+    return dg.Output(
+        str(out_dir),
+        data_version=dg.DataVersion(content_hash[:16]),
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "source": provenance.source,
+            "location": provenance.location,
+            "revision": provenance.revision or "n/a",
+            "format": provenance.format,
+            "dagster/row_count": len(records),
+            "columns": ", ".join(map(str, records.columns)),
+            "content_sha256": content_hash,
+            "preview": dg.MetadataValue.md(preview(records, list(RAW_COLUMNS))),
+        },
+    )
+
+
+@stage_asset(kinds={"pandas", "parquet"})
+def formatted_splits(
+    context: dg.AssetExecutionContext,
+    config: FormattingConfig,
+    raw_dataset: str,
+    artifacts: ArtifactStore,
+    base_model: BaseModelResource,
+) -> dg.Output[str]:
+    """Cleaned records as chat pairs with <think>/<response> targets, split into train and validation."""
+    records = raw_parquet.read_raw_parquet(raw_parquet.records_path(raw_dataset))
+    dataset = DatasetProvenance.read(raw_dataset)
+    try:
+        cleaned, cleaning_counts = cleaning.clean_records(records)
+    except DatasetError as err:
+        raise dg.Failure(f"{raw_dataset}: {err}") from err
+    formatted = splits.format_records(cleaned)
+
+    tokenizer = base_model.tokenizer(artifacts)
+    lengths = token_budget.record_token_lengths(tokenizer, formatted)
+    stats = token_budget.length_stats(lengths)
+    kept, over_limit = token_budget.apply_overlength_policy(formatted, lengths, base_model.max_seq_length, config.overlength_policy)
+    if kept.empty:
+        raise dg.Failure(
+            f"no record fits max_seq_length={base_model.max_seq_length}: {over_limit} of {len(formatted)} are longer "
+            "(raise max_seq_length or set overlength_policy: truncate)"
+        )
+    try:
+        train, validation, split_info = splits.split_train_validation(kept, config.validation_size, config.seed)
+    except DatasetError as err:
+        raise dg.Failure(str(err)) from err
+
+    content_hash = raw_parquet.frame_sha256(pd.concat([train.assign(_split="train"), validation.assign(_split="validation")]))
+    dropped = cleaning_counts["input_rows"] - cleaning_counts["output_rows"] + (over_limit if config.overlength_policy == "drop" else 0)
+    summary = SplitsSummary(
+        dataset=dataset,
+        settings=config,
+        tokenizer=base_model.name,
+        max_seq_length=base_model.max_seq_length,
+        cleaning=cleaning_counts,
+        token_lengths=stats,
+        over_max_seq_length=over_limit,
+        split=split_info,
+        input_rows=len(records),
+        train_rows=len(train),
+        validation_rows=len(validation),
+        dropped_rows=dropped,
+        dropped_share=round(dropped / max(len(records), 1), 4),
+        content_sha256=content_hash,
+        code_version=current_code_version(context),
+    )
+    with artifacts.new_version("formatted_splits", context.run_id) as staging:
+        train.to_parquet(staging / "train.parquet", index=False)
+        validation.to_parquet(staging / "validation.parquet", index=False)
+        summary.write(staging)
+    out_dir = artifacts.version_dir("formatted_splits", context.run_id)
+    return dg.Output(
+        str(out_dir),
+        data_version=dg.DataVersion(content_hash[:16]),
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "train_rows": len(train),
+            "validation_rows": len(validation),
+            "validation_requested": config.validation_size,
+            "validation_size_note": split_info["validation_size_reason"],
+            "input_rows": len(records),
+            "dropped_rows": dropped,
+            "dropped_share": summary.dropped_share,
+            "cleaning_counts": dg.MetadataValue.json(cleaning_counts),
+            "tokenizer": base_model.name,
+            "token_length_median": stats.get("median"),
+            "token_length_p90": stats.get("p90"),
+            "token_length_p99": stats.get("p99"),
+            "token_length_max": stats.get("max"),
+            "max_seq_length": base_model.max_seq_length,
+            "over_max_seq_length": over_limit,
+            "overlength_policy": config.overlength_policy,
+            "content_sha256": content_hash,
+            "preview": dg.MetadataValue.md(preview(train, ["question", "target"])),
+        },
+    )
+

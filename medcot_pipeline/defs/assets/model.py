@@ -1,0 +1,113 @@
+"""Model stage: the LoRA adapter (trained in its own process through Dagster Pipes) and the merged model."""
+
+import hashlib
+
+import dagster as dg
+
+from medcot_pipeline.artifact_io import file_sha256, tree_bytes, tree_sha256
+from medcot_pipeline.contracts import MergeRecord, SplitsSummary, TrainingJob, WandbTarget
+from medcot_pipeline.data.schema import split_path
+from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, WandbResource
+from medcot_pipeline.defs.stages import PROFILE, MergeConfig, TrainingConfig, current_code_version, stage_asset
+
+
+@stage_asset(kinds={"pytorch", "peft"})
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    formatted_splits: str,
+    artifacts: ArtifactStore,
+    base_model: BaseModelResource,
+    wandb: WandbResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.Output[str]:
+    """LoRA adapter trained with TRL's SFTTrainer (Unsloth on one CUDA GPU, transformers + PEFT elsewhere)."""
+    from medcot_pipeline.training import distributed
+    from medcot_pipeline.training import run as training_process
+
+    splits = SplitsSummary.read(formatted_splits)
+    processes = distributed.resolve_num_processes(config.num_gpus)
+    base = base_model.ref(artifacts)
+    splits_sha256 = file_sha256(split_path(formatted_splits, "train"))
+    # Same settings and same data -> same checkpoint directory, so a rerun after a crash resumes.
+    run_key = hashlib.sha256(
+        "\n".join([config.model_dump_json(), base_model.model_dump_json(), splits_sha256]).encode()
+    ).hexdigest()[:16]
+    checkpoint_dir = artifacts.path("lora_adapter", "checkpoints", run_key)
+    with artifacts.new_version("lora_adapter", context.run_id) as staging:
+        job = TrainingJob(
+            base_model=base,
+            splits_dir=str(formatted_splits),
+            output_dir=str(staging / "adapter"),
+            checkpoint_dir=str(checkpoint_dir),
+            max_seq_length=base_model.max_seq_length,
+            settings=config,
+            wandb=WandbTarget(
+                enabled=config.report_to_wandb, mode=wandb.mode, project=wandb.project, entity=wandb.entity,
+                dir=str(artifacts.path("wandb")), run_name=f"lora_adapter-{context.run_id[:8]}",
+            ),
+            dataset=splits.dataset,
+            splits_sha256=splits_sha256,
+            profile=context.run.tags.get("medcot/profile") or PROFILE.name,
+            code_version=current_code_version(context),
+            lineage={"raw_dataset": splits.dataset.code_version, "formatted_splits": splits.code_version},
+        )
+        command = distributed.launch_command(processes, training_process.__name__)
+        if processes > 1:
+            context.log.info(f"training data-parallel in {processes} processes: {' '.join(command)}")
+        result = pipes_subprocess_client.run(
+            command=command, context=context, extras=job.model_dump(mode="json"),
+            env={**wandb.env(), **distributed.launch_env(processes)},
+        ).get_materialize_result()
+        if not (staging / "adapter" / "adapter_config.json").exists():
+            raise dg.Failure(f"training finished without writing an adapter to {staging / 'adapter'}")
+    adapter_dir = artifacts.version_dir("lora_adapter", context.run_id) / "adapter"
+    return dg.Output(
+        str(adapter_dir),
+        metadata={
+            **(result.metadata or {}),
+            "path": dg.MetadataValue.path(str(adapter_dir)),
+            "size_mb": round(tree_bytes(adapter_dir) / 2**20, 2),
+            "content_sha256": tree_sha256(adapter_dir),
+            "base_model": base_model.name,
+            "processes": processes,
+            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
+        },
+    )
+
+
+@stage_asset(kinds={"pytorch", "safetensors"})
+def merged_model(
+    context: dg.AssetExecutionContext,
+    config: MergeConfig,
+    lora_adapter: str,
+    artifacts: ArtifactStore,
+    base_model: BaseModelResource,
+) -> dg.Output[str]:
+    """The adapter merged into the 16-bit base weights, saved as safetensors with its tokenizer."""
+    from medcot_pipeline import merging
+
+    base = base_model.ref(artifacts)
+    with artifacts.new_version("merged_model", context.run_id) as staging:
+        try:
+            info = merging.merge_adapter(base.reference, lora_adapter, staging / "model", dtype=config.dtype, max_shard_size=config.max_shard_size)
+        except merging.MergeError as err:
+            raise dg.Failure(str(err)) from err
+        record = MergeRecord(
+            adapter_dir=str(lora_adapter), adapter_sha256=tree_sha256(lora_adapter), base_model=base, dtype=config.dtype,
+            parameters=info["parameters"], weights_sha256=info["sha256"], size_bytes=info["size_bytes"],
+            code_version=current_code_version(context),
+        )
+        record.write(staging / "model")
+    model_dir = artifacts.version_dir("merged_model", context.run_id) / "model"
+    return dg.Output(
+        str(model_dir),
+        metadata={
+            "path": dg.MetadataValue.path(str(model_dir)),
+            "parameters": info["parameters"],
+            "dtype": config.dtype,
+            "size_mb": round(tree_bytes(model_dir) / 2**20, 1),
+            "content_sha256": tree_sha256(model_dir),
+            "base_model": base_model.name,
+        },
+    )

@@ -1,0 +1,89 @@
+"""Release stage: a model card and the release folder, pushed to the Hub when HF_TOKEN is set."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from medcot_pipeline.contracts import EvaluationReport, MergeRecord, TrainingSummary
+from medcot_pipeline.defs.resources import ArtifactStore, HubResource
+from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
+
+
+def check_lineage(report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str) -> None:
+    """The report graded this merged model, and this merged model holds this adapter; else say what to rerun."""
+    if Path(report.merged_model_dir) != Path(merged_model):
+        raise dg.Failure(
+            f"rouge_report graded {report.merged_model_dir}, not the current merged_model {merged_model}: "
+            "materialize rouge_report (and hub_release) again so the release is the model that was graded"
+        )
+    if Path(merge.adapter_dir) != Path(lora_adapter):
+        raise dg.Failure(
+            f"merged_model was merged from {merge.adapter_dir}, not the current lora_adapter {lora_adapter}: "
+            "materialize merged_model and everything below it again"
+        )
+
+
+@stage_asset(kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
+def hub_release(
+    context: dg.AssetExecutionContext,
+    config: ReleaseConfig,
+    merged_model: str,
+    lora_adapter: str,
+    rouge_report: str,
+    artifacts: ArtifactStore,
+    hub: HubResource,
+) -> dg.Output[str]:
+    """The release folder (merged model, adapter, model card), pushed to the Hub only with HF_TOKEN set."""
+    from medcot_pipeline.release.hub_publishing import ReleaseError, push_release, stage_release
+    from medcot_pipeline.release.model_card import ReleaseFacts, build_model_card
+
+    # Every fact comes from the artifacts this release is made of, following their own records upstream.
+    report = EvaluationReport.read(rouge_report)
+    merge = MergeRecord.read(merged_model)
+    summary = TrainingSummary.read(lora_adapter)
+    check_lineage(report, merge, merged_model, lora_adapter)
+    facts = ReleaseFacts(
+        repo_id=config.repo_id,
+        license=config.license,
+        training=summary,
+        evaluation=report,
+        code_version={
+            **{asset: version or "unknown" for asset, version in summary.lineage.items()},
+            "lora_adapter": summary.code_version or "unknown",
+            "merged_model": merge.code_version or "unknown",
+            "rouge_report": report.code_version or "unknown",
+            "hub_release": current_code_version(context) or "unknown",
+        },
+        adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
+    )
+    card = build_model_card(facts)
+    with artifacts.new_version("hub_release", context.run_id) as staging:
+        manifest = stage_release(
+            Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
+            config.adapter, repo_id=config.repo_id,
+        )
+    staged = artifacts.version_dir("hub_release", context.run_id)
+    metadata = {
+        "path": dg.MetadataValue.path(str(staged)),
+        "repo_id": config.repo_id,
+        "private": config.private,
+        "files": len(manifest.files),
+        "size_mb": round(manifest.total_bytes / 2**20, 1),
+        "model_card": dg.MetadataValue.md(str(card)[:6000]),
+    }
+    if not hub.token:
+        context.log.warning("HF_TOKEN is not set: the release is staged locally and nothing was pushed.")
+        return dg.Output(str(staged), metadata={**metadata, "status": "staged, not pushed (HF_TOKEN is not set)"})
+    try:
+        pushed = push_release(
+            staged, config.repo_id, hub.token, private=config.private, adapter_mode=config.adapter,
+            commit_message=config.commit_message, endpoint=hub.endpoint,
+        )
+    except ReleaseError as err:
+        raise dg.Failure(str(err)) from err
+    status = "pushed" if pushed.get("pushed") else "unchanged on the Hub, no new commit"
+    return dg.Output(
+        str(staged),
+        metadata={**metadata, "status": status, "repo_url": dg.MetadataValue.url(pushed["repo_url"]),
+                  "commit": pushed.get("commit_oid") or "none"},
+    )

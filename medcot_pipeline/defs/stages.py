@@ -1,0 +1,119 @@
+"""The table of stages, and what the active profile makes of it.
+
+Each asset is one stage: its settings model, its group, whether it holds a GPU. The active profile
+(MEDCOT_PROFILE, default profiles/demo.yaml) is read once, when the code location loads: its values
+become the defaults of each asset's config (what the UI's Materialize buttons run), and each asset's
+code version hashes its code and its own settings, so changing only the evaluation settings marks
+only rouge_report stale, and Dagster reruns exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import dagster as dg
+import pydantic
+from pydantic.fields import FieldInfo
+
+from medcot_pipeline import settings
+from medcot_pipeline.defs import code_versions
+from medcot_pipeline.defs.profiles import Profile, active_profile_path, load_profile
+from medcot_pipeline.defs.resources import RESOURCE_TYPES
+
+# Steps that hold a GPU: limited within a run by the executor's tag limit and across runs by the pool.
+GPU_TAG_KEY = "medcot/gpu"
+GPU_TAG = {GPU_TAG_KEY: "true"}
+GPU_POOL = "gpu"
+# Resources whose settings change what a stage computes (the artifacts root and W&B project do not).
+SETTINGS_RESOURCES = ("base_model",)
+
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str
+    settings: type[settings.Settings]
+    group: str
+    gpu: bool
+
+
+STAGES = {
+    stage.asset: stage
+    for stage in (
+        Stage("raw_dataset", settings.RawDatasetSettings, "data", gpu=False),
+        Stage("formatted_splits", settings.FormattingSettings, "data", gpu=False),
+        Stage("lora_adapter", settings.TrainingSettings, "model", gpu=True),
+        Stage("merged_model", settings.MergeSettings, "model", gpu=True),
+        Stage("rouge_report", settings.EvaluationSettings, "evaluation", gpu=True),
+        Stage("hub_release", settings.ReleaseSettings, "release", gpu=False),
+    )
+}
+
+
+def read_profile(path) -> Profile:
+    return load_profile(path, {name: stage.settings for name, stage in STAGES.items()}, RESOURCE_TYPES)
+
+
+PROFILE = read_profile(active_profile_path())
+
+
+def profile_settings(asset: str, profile: Profile = PROFILE) -> settings.Settings:
+    """The stage's settings as the profile sets them (defaults elsewhere)."""
+    return STAGES[asset].settings(**profile.ops.get(asset, {}))
+
+
+def config_class(asset: str, profile: Profile = PROFILE) -> type[dg.Config]:
+    """The asset's dg.Config: its settings model, with the profile's values as defaults.
+
+    It subclasses the settings model, so the asset hands its config to the Dagster-free core as is.
+    """
+    stage = STAGES[asset]
+    # Only the default changes: each field keeps its type, description and limits (ge, le, ...).
+    fields = {
+        key: (stage.settings.model_fields[key].annotation, FieldInfo.merge_field_infos(stage.settings.model_fields[key], default=value))
+        for key, value in profile.ops.get(asset, {}).items()
+    }
+    name = stage.settings.__name__.replace("Settings", "Config")
+    return pydantic.create_model(name, __base__=(dg.Config, stage.settings), __module__=__name__, **fields)
+
+
+RawDatasetConfig = config_class("raw_dataset")
+FormattingConfig = config_class("formatted_splits")
+TrainingConfig = config_class("lora_adapter")
+MergeConfig = config_class("merged_model")
+EvaluationConfig = config_class("rouge_report")
+ReleaseConfig = config_class("hub_release")
+
+
+def stage_code_version(fn: Callable, profile: Profile = PROFILE) -> str:
+    """The code the asset runs, its settings in the profile, and the settings of the resources it reads."""
+    import inspect
+
+    parameters = inspect.signature(fn).parameters
+    used: dict[str, Any] = {"settings": profile_settings(fn.__name__, profile).model_dump()}
+    for resource in SETTINGS_RESOURCES:
+        if resource in parameters:
+            used[resource] = RESOURCE_TYPES[resource](**profile.resource_values(resource)).model_dump()
+    return code_versions.code_version(fn, used)
+
+
+def stage_asset(**asset_kwargs) -> Callable:
+    """`dg.asset` with what the table and the profile say: group, GPU tag and pool, code version."""
+
+    def decorate(fn: Callable) -> dg.AssetsDefinition:
+        stage = STAGES[fn.__name__]
+        return dg.asset(
+            name=stage.asset,
+            group_name=stage.group,
+            code_version=stage_code_version(fn),
+            op_tags=GPU_TAG if stage.gpu else None,
+            pool=GPU_POOL if stage.gpu else None,
+            **asset_kwargs,
+        )(fn)
+
+    return decorate
+
+
+def current_code_version(context: dg.AssetExecutionContext) -> str | None:
+    """The code version of the asset being materialized, recorded in its artifact's contract."""
+    return context.assets_def.code_versions_by_key.get(context.asset_key)

@@ -1,0 +1,1 @@
+"""Stage 4: answer questions with a model and grade the answers."""

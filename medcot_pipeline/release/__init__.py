@@ -1,0 +1,1 @@
+"""Stage 5: the model card and the release folder, pushed to the Hub."""
