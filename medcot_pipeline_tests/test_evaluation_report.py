@@ -5,9 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
+from medcot_pipeline.base_models import load_tokenizer
 from medcot_pipeline.contracts import EvaluationReport, ModelScores
 from medcot_pipeline.defs.checks import release_gate
+from medcot_pipeline.evaluation.multiple_choice import option_loglikelihoods
 from medcot_pipeline.evaluation.report import write_rouge_report
 from medcot_pipeline.settings import EvaluationSettings
 
@@ -44,7 +48,31 @@ def test_report_grades_both_models_on_the_same_questions(tiny_llama_dir, validat
     for sample in samples:
         assert 0.0 <= sample["rouge_l_response"] <= 1.0 and 0.0 <= sample["rouge_l_full"] <= 1.0
     assert [s["answer_idx"] for s in samples[:2]] == ["A", None]
-    assert {s["chosen_option"] for s in samples} <= {None, "A", "B"}
+
+    # Multiple choice by option log-likelihood: the one row with options, for both models.
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    likelihoods = option_loglikelihoods(model, load_tokenizer(str(tiny_llama_dir)), validation["question"][0], validation["options"][0])
+    best = max(likelihoods, key=likelihoods.get)
+    for scores in (report.fine_tuned, report.base):
+        assert (scores.mc_accuracy, scores.mc_n) == (float(best == "A"), 1)
+    assert [s["chosen_option"] for s in samples] == [best, None, best, None]
+
+
+def test_multiple_choice_covers_every_validation_row_with_options(tiny_llama_dir, validation, tmp_path):
+    """Generation answers num_questions rows; the options of the whole split are scored (one forward each)."""
+    # Row 0 again with B as its answer: the model picks the same letter for both, so exactly one is right.
+    more = pd.concat([validation, validation.iloc[[0]].assign(answer_idx="B")])
+    config = EvaluationSettings(batch_size=2, max_new_tokens=2, continuation_tokens=0, num_questions=1, compare_with_base=False)
+    report = write_rouge_report(str(tiny_llama_dir), None, more.reset_index(drop=True), config, tmp_path)
+    assert report.n == 1 and (report.fine_tuned.mc_accuracy, report.fine_tuned.mc_n) == (0.5, 2)
+
+
+def test_a_split_without_options_reports_no_multiple_choice_accuracy(tiny_llama_dir, validation, tmp_path):
+    config = EvaluationSettings(batch_size=2, max_new_tokens=2, continuation_tokens=0)
+    report = write_rouge_report(str(tiny_llama_dir), str(tiny_llama_dir), validation.assign(options=None), config, tmp_path)
+    for scores in (report.fine_tuned, report.base):
+        assert (scores.mc_accuracy, scores.mc_n) == (None, 0)
+    assert json.loads((tmp_path / "report.json").read_text())["fine_tuned"]["mc_accuracy"] is None
 
 
 def test_the_static_kv_cache_answers_as_the_dynamic_one(tiny_llama_dir, validation, tmp_path):

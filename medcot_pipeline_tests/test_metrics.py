@@ -1,4 +1,4 @@
-"""Metrics: ROUGE-L, compliance, truncation and option choice against hand-computed values and real records."""
+"""Metrics: ROUGE-L, compliance and truncation against hand-computed values."""
 
 import json
 
@@ -7,19 +7,14 @@ import pytest
 
 from medcot_pipeline.evaluation.generation import GeneratedAnswer
 from medcot_pipeline.evaluation.metrics import (
-    choose_option,
     format_compliance,
     graded_response,
-    option_accuracy,
     rouge_l_f1,
     score_answers,
     summarize,
     truncation_rate,
 )
 from medcot_pipeline.tagged_output import parse_tagged_output
-
-OPTIONS = {"A": "Iron deficiency", "B": "Folate deficiency", "C": "Vitamin B12 deficiency"}
-
 
 def answer(text, *, truncated=False, new_tokens=10, continued=False):
     return GeneratedAnswer(
@@ -52,50 +47,6 @@ def test_format_compliance_and_truncation_rate():
         truncation_rate([])
 
 
-@pytest.mark.parametrize(
-    ("response", "expected"),
-    [
-        ("The answer is C", "C"),
-        ("Answer: (B)", "B"),
-        ("I would pick option A here.", "A"),
-        ("(C) fits the macrocytosis.", "C"),
-        ("B. Low folate intake.", "B"),
-        ("Most likely folate deficiency, given the diet.", "B"),
-        ("The answer is a folate deficiency", "B"),  # a lowercase "a" is a word, not a letter
-        ("The answer is A. No wait, the answer is B.", None),  # two letters in one tier decide nothing
-        ("Iron deficiency or folate deficiency", None),  # two option texts
-        ("Nothing matches", None),
-        ("", None),
-    ],
-)
-def test_choose_option(response, expected):
-    assert choose_option(response, OPTIONS) == expected
-
-
-def test_choose_option_reads_json_options_and_prefers_the_longer_contained_option():
-    options = json.dumps({"A": "pneumonia", "B": "aspiration pneumonia"})
-    assert choose_option("This is aspiration pneumonia.", options) == "B"
-    assert choose_option("The answer is A", None) is None
-
-
-def test_choose_option_picks_the_right_letter_on_real_records(real_records_path):
-    records = json.loads(real_records_path.read_text())[:3]
-    for record in records:
-        assert record["options"][record["answer_idx"]] == record["answer"]
-        text = f"Weighing the findings, the most likely explanation is {record['answer']}"
-        assert choose_option(text, record["options"]) == record["answer_idx"], record["options"]
-
-
-def test_option_accuracy_leaves_out_rows_without_options():
-    accuracy = option_accuracy(
-        ["The answer is B", "iron deficiency", "no idea", "The answer is A"],
-        [OPTIONS, json.dumps(OPTIONS), OPTIONS, None],
-        ["B", "A", "C", "A"],
-    )
-    assert accuracy == pytest.approx(2 / 3)
-    assert option_accuracy(["x"], [None], ["A"]) is None
-
-
 def test_graded_response_falls_back_to_the_text_after_think():
     assert graded_response(answer("<think>t</think> plain answer")) == "plain answer"
     assert graded_response(answer(" untagged ")) == "untagged"
@@ -109,15 +60,15 @@ def test_summarize_and_score_answers_on_hand_built_answers():
     references = pd.DataFrame({
         "response": ["the cat sat on the mat", "The answer is B"],
         "target": [answers[0].text, "<think>hmm</think><response>The answer is B</response>"],
-        "options": [json.dumps({"A": "mat", "B": "dog"}), json.dumps(OPTIONS)],
+        # Options are scored by log-likelihood (test_multiple_choice.py), never read from the answers.
+        "options": [json.dumps({"A": "mat", "B": "dog"}), json.dumps({"A": "x", "B": "The answer is B"})],
         "answer_idx": ["A", "B"],
     })
     scores = score_answers(answers, references)
     assert scores["rouge_l_response"].tolist() == pytest.approx([2 / 3, 1.0])
     # Tags tokenise as words: 8 output tokens all in the 9-token target -> P 1, R 8/9, F 16/17.
     assert scores["rouge_l_full"].tolist() == pytest.approx([1.0, 16 / 17])
-    assert scores["chosen_option"].isna().tolist() == [True, False]  # names no option; pandas stores NaN
-    assert scores["chosen_option"].iloc[1] == "B"
+    assert list(scores.columns) == ["rouge_l_response", "rouge_l_full"]
 
     assert summarize(answers, references) == pytest.approx({
         "rouge_l_response": (2 / 3 + 1) / 2,
@@ -127,7 +78,6 @@ def test_summarize_and_score_answers_on_hand_built_answers():
         "continuation_rate": 0.5,
         "mean_output_tokens": 15.0,
         "n": 2,
-        "mc_accuracy": 0.5,
     })
     with pytest.raises(ValueError, match=r"reference rows: column\(s\) target missing"):
         score_answers(answers, references.drop(columns="target"))

@@ -15,6 +15,7 @@ from medcot_pipeline.data.schema import EVALUATION_COLUMNS, require_columns
 from medcot_pipeline.settings import EvaluationSettings
 from medcot_pipeline.evaluation.generation import GenerationRun, generate_answers, load_for_inference
 from medcot_pipeline.evaluation.metrics import graded_response, score_answers, summarize
+from medcot_pipeline.evaluation.multiple_choice import MultipleChoiceScores, score_multiple_choice
 
 
 def write_rouge_report(
@@ -27,7 +28,12 @@ def write_rouge_report(
     code_version: str | None = None,
 ) -> EvaluationReport:
     """Grade the fine-tuned model (and the base model, when configured and given) on the same questions,
-    and write samples.jsonl and report.json (the `EvaluationReport`, settings included) into `out_dir`."""
+    and write samples.jsonl and report.json (the `EvaluationReport`, settings included) into `out_dir`.
+
+    Generation answers the first `num_questions` validation rows. Multiple-choice accuracy (option
+    log-likelihood, multiple_choice.py) costs one forward a question, so it covers every validation row
+    that has options; `mc_n` says how many, and `mc_accuracy` is None when none has.
+    """
     require_columns(validation, EVALUATION_COLUMNS, "validation split")
     if validation.empty:
         raise ValueError("validation split has no rows to answer")
@@ -46,20 +52,23 @@ def write_rouge_report(
     with open(out_dir / SAMPLES_FILE, "w", encoding="utf-8") as samples:
         for label, reference in models.items():
             log.info(f"{label}: answering {len(rows)} validation question(s) with {reference}")
-            run = _answer(reference, questions, config)
+            run, choices = _answer(reference, questions, validation, config)
             scores[label] = ModelScores(
                 **summarize(run.answers, rows),
+                mc_accuracy=choices.accuracy,
+                mc_n=choices.n,
                 tokens_per_second=run.tokens_per_second,
                 wall_seconds=run.wall_seconds,
                 total_new_tokens=run.total_new_tokens,
             )
-            for record in _sample_records(label, run, rows):
+            for record in _sample_records(label, run, rows, choices):
                 samples.write(json.dumps(record, ensure_ascii=False) + "\n")
             metrics = scores[label]
             log.info(
                 f"{label}: ROUGE-L (response) {metrics.rouge_l_response:.4f}, format compliance "
                 f"{metrics.format_compliance:.2%}, truncated {metrics.truncation_rate:.2%}, "
-                f"{run.tokens_per_second:.1f} generated tokens/s"
+                f"{run.tokens_per_second:.1f} generated tokens/s, multiple-choice accuracy "
+                f"{'n/a' if choices.accuracy is None else f'{choices.accuracy:.2%}'} (n={choices.n})"
             )
     report = EvaluationReport(
         n=len(rows), models=models, merged_model_dir=str(merged_model_path), settings=config,
@@ -69,12 +78,15 @@ def write_rouge_report(
     return report
 
 
-def _answer(reference: str, questions: list[str], config: EvaluationSettings) -> GenerationRun:
-    """Load, answer, free: only one model is ever in memory."""
+def _answer(
+    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings
+) -> tuple[GenerationRun, MultipleChoiceScores]:
+    """Load, answer, score the options, free: only one model is ever in memory, and each is loaded once."""
     model, tokenizer = load_for_inference(reference, backend=config.inference_backend, attention=config.attention)
     cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
     try:
-        return generate_answers(model, tokenizer, questions, config, **cache)
+        run = generate_answers(model, tokenizer, questions, config, **cache)
+        return run, score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
     finally:
         del model, tokenizer
         gc.collect()
@@ -82,7 +94,7 @@ def _answer(reference: str, questions: list[str], config: EvaluationSettings) ->
             torch.cuda.empty_cache()
 
 
-def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame) -> list[dict]:
+def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores) -> list[dict]:
     scores = score_answers(run.answers, rows)
     records = []
     for i, answer in enumerate(run.answers):
@@ -103,10 +115,12 @@ def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame) -> list[
             "rouge_l_response": float(scores["rouge_l_response"].iloc[i]),
             "rouge_l_full": float(scores["rouge_l_full"].iloc[i]),
         }
-        if "chosen_option" in scores.columns:
-            # pandas stores a missing letter as NaN, which json.dumps would write as invalid JSON.
-            record["chosen_option"] = _letter_or_none(scores["chosen_option"].iloc[i])
-            record["answer_idx"] = _letter_or_none(rows["answer_idx"].iloc[i])
+        if "options" in rows.columns:
+            # The letter the model finds most likely (rows carry the validation split's order, so row i is
+            # choices' row i); None where the row has no options. pandas stores a missing letter as NaN,
+            # which json.dumps would write as invalid JSON.
+            record["chosen_option"] = choices.chosen[i]
+            record["answer_idx"] = _letter_or_none(rows["answer_idx"].iloc[i]) if "answer_idx" in rows.columns else None
         records.append(record)
     return records
 
