@@ -50,6 +50,8 @@ def test_metadata_and_model_index_carry_the_report_numbers():
     assert result.dataset_type == "FreedomIntelligence/medical-o1-reasoning-SFT"
     assert result.dataset_revision == "fc2c9e8f37b5d1a8c8f3d5a0e7e1c3b2a9d4f6e7" and result.dataset_config == "en"
     assert "100 held-out questions" in result.dataset_name
+    accuracy = next(r for r in data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.task_type == "multiple-choice" and "60 held-out multiple-choice questions" in accuracy.dataset_name
     assert data.to_dict()["model-index"][0]["name"] == "clinic-ml/medcot-llama-3.2-3b"
 
 
@@ -63,6 +65,20 @@ def test_results_table_compares_base_and_fine_tuned():
     assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts (better)"]
     assert "100 questions held out of training" in text
     assert "with greedy decoding, up to 1024 new tokens" in text
+
+
+def test_multiple_choice_is_explained_with_its_n_and_other_models_as_context():
+    text = build_model_card(facts()).text
+    assert "60 of the held-out questions are MedQA-style multiple choice" in text
+    assert "log-likelihood" in text and "`medqa_4options`" in text and "one question moves it by 1.7 points" in text
+    context = next(line for line in text.splitlines() if "For context only" in line)
+    assert "Llama-3.1-8B-Instruct 58.7%" in context and "HuatuoGPT-o1-8B 72.6%" in context
+    assert "not this model's scores" in context
+
+    unmeasured = evaluation_report(fine_tuned=scores(mc_accuracy=None, mc_n=0), base=scores(mc_accuracy=None, mc_n=0))
+    text = build_model_card(facts(evaluation=unmeasured)).text
+    assert "Multiple-choice accuracy was not measured" in text and "58.7" not in text
+    assert "Multiple-choice accuracy (option" not in text  # no table row either
 
 
 def test_card_says_it_is_not_a_medical_device():

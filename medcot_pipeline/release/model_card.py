@@ -145,12 +145,19 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
         value = getattr(report.fine_tuned, metric.key)
         if value is None or metric.model_index_type is None:
             continue
+        multiple_choice = metric.key == "mc_accuracy"
         results.append(
             EvalResult(
-                task_type="text-generation",
-                task_name="Medical question answering with reasoning",
+                task_type="multiple-choice" if multiple_choice else "text-generation",
+                task_name=(
+                    "Medical multiple-choice questions (option log-likelihood)" if multiple_choice
+                    else "Medical question answering with reasoning"
+                ),
                 dataset_type=hub_dataset_id(facts.dataset_id) or facts.dataset_id,
-                dataset_name=dataset_name,
+                dataset_name=(
+                    f"{facts.dataset_id.split('/')[-1]}, {report.fine_tuned.mc_n} held-out multiple-choice questions"
+                    if multiple_choice else dataset_name
+                ),
                 dataset_config=facts.dataset_config,
                 # The Hub dataset has only a train split; the questions were held out of training.
                 dataset_split="train",
@@ -183,6 +190,29 @@ def wandb_text(run: Optional[str]) -> str:
     if run.startswith(("http://", "https://")):
         return f"Training curves: [{run}]({run})"
     return f"Training was logged offline to `{run}` (not synced to Weights & Biases)."
+
+
+# Other models' MedQA accuracies, quoted as context beside ours (HuatuoGPT-o1 paper, Chen et al. 2024, arXiv:2412.18925).
+MEDQA_CONTEXT = (("Llama-3.1-8B-Instruct", 58.7), ("HuatuoGPT-o1-8B", 72.6))
+
+
+def multiple_choice_text(report: EvaluationReport) -> str:
+    """The bullet that says what the multiple-choice row measures, on how many questions, and what to compare it with."""
+    n = report.fine_tuned.mc_n
+    if report.fine_tuned.mc_accuracy is None or n == 0:
+        return "- Multiple-choice accuracy was not measured: none of the held-out questions carries answer options."
+    others = ", ".join(f"{name} {value}%" for name, value in MEDQA_CONTEXT)
+    return (
+        f"- Multiple-choice accuracy: {n} of the held-out questions are MedQA-style multiple choice (a question, "
+        "lettered options, one right letter). Each option letter is scored by its log-likelihood after a plain "
+        "`Question: … A. … Answer:` prompt (not the chat template), as lm-eval-harness's `medqa_4options` task "
+        "scores it, and the accuracy is the share of questions whose most likely letter is the right one. It "
+        "measures what the model knows whether or not it writes the tagged format; chance is 20-25% with four "
+        f"or five options, and with n={n} one question moves it by {100 / n:.1f} points.\n"
+        f"- For context only, other models on the MedQA test set as reported in the HuatuoGPT-o1 paper: {others}. "
+        "These are not this model's scores, and the paper measured them by generating a reasoned answer and "
+        "reading its letter, not by option log-likelihood."
+    )
 
 
 def _decoding(settings: EvaluationSettings) -> str:
@@ -267,6 +297,7 @@ answer of the dataset.
   one can score well.
 - Well-formed output: the share of answers with one `<think>` part followed by one `<response>` part.
 - Cut off: the share of answers that hit the token limit before closing `</response>`.
+{{ multiple_choice }}
 
 ## Training
 
@@ -391,6 +422,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         adapter_section=_adapter_section(facts, base_id),
         n_text=f"{report.n} questions held out of training",
         results_table=comparison_table(report),
+        multiple_choice=multiple_choice_text(report),
         training_table=training_table(facts.training_rows()),
         hardware=summary.hardware,
         wall_time=_duration(summary.wall_time_seconds),
