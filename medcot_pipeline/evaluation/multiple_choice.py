@@ -10,18 +10,18 @@ The task (lm_eval/tasks/medqa/medqa.yaml and preprocess_medqa.py in EleutherAI/l
   the context and continuation tokenised as lm-eval's `_encode_pair` does (encode context + continuation,
   the continuation being what follows the context's own tokens);
 - `acc` is the share of questions whose highest-scoring choice is the answer. lm-eval's `acc_norm` divides
-  each score by the choice's length in characters; every choice here is one letter, so it equals `acc` and
-  is not reported separately.
+  each score by the choice's length in characters; MedQA-style choices are single letters, so it equals
+  `acc` and is not reported separately.
 
 The prompt is the plain one, not the chat template the fine-tuned model was trained on, so that the number
 is the one `lm_eval --tasks medqa_4options` gives for the same records: it measures what the model knows
 without depending on whether it learned to write `<think>`/`<response>`. The tokenizer adds its own special
-tokens (BOS on Llama), as lm-eval does with `add_bos_token=True`, the setting it recommends for Llama.
+tokens (BOS on Llama), as lm-eval does when run with `add_bos_token=True`.
 Published MedQA accuracies of chat models are often measured otherwise: the HuatuoGPT-o1 paper, for one,
 generates a reasoned answer with the chat template and reads the letter out of it (its evaluation/eval.py),
 so its numbers are context for this one, not the same measurement.
 
-We score with transformers directly rather than depend on `lm-eval`: it would add some twenty packages
+We score with transformers directly rather than depend on `lm-eval`: it would add 18 packages
 (scikit-learn, scipy, sacrebleu, ...) to the environment to run one metric on records we already hold.
 """
 
