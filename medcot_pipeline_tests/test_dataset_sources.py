@@ -194,3 +194,138 @@ def test_real_records_load_from_file(real_records_path):
     assert len(df) == 198
     # The real export carries more columns than the three the pipeline needs; all are kept.
     assert {"Question", "Complex_CoT", "Response", "options", "answer_idx", "answer", "question"} <= set(df.columns)
+
+
+# ---------------------------------------------------------------- text encodings, JSON shapes, CSV text
+
+
+def test_latin1_jsonl_names_the_file_line_and_byte(tmp_path):
+    """A JSON Lines file saved as latin-1: one line naming the file, the byte, its offset and line; no UnicodeDecodeError."""
+    path = tmp_path / "ward_notes.jsonl"
+    good = json.dumps({"Question": "Which nerve is at risk?", "Complex_CoT": "The ulnar.", "Response": "Ulnar nerve."})
+    bad = '{"Question": "Sjögren syndrome antibodies?", "Complex_CoT": "Anti-Ro.", "Response": "Anti-Ro/SSA."}'
+    before = good + "\n" + good.replace("ulnar", "median") + "\n"
+    path.write_bytes((before + bad + "\n").encode("latin-1"))
+    offset = len(before) + bad.index("ö")  # all ASCII before the umlaut: characters are bytes
+
+    with pytest.raises(DatasetError) as err:
+        from_file(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path} is not UTF-8: byte 0xf6 at offset {offset} (line 3, byte {bad.index('ö') + 1} of the line)")
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # the decoder's traceback is not the message
+
+
+def test_latin1_csv_names_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "export.csv"
+    header, first, second = "Question,Complex_CoT,Response\n", "What is a café coronary?,Choking on food.,Bolus obstruction.\n", "Normal?,Yes.,Yes.\n"
+    path.write_bytes((header + second + first).encode("latin-1"))
+    with pytest.raises(DatasetError) as err:
+        from_file(path)
+    offset = len(header) + len(second) + first.index("é")
+    assert str(err.value).startswith(f"{path} is not UTF-8: byte 0xe9 at offset {offset} (line 3, byte {first.index('é') + 1} of the line)")
+
+
+def test_bad_byte_after_the_first_megabyte_is_located(tmp_path):
+    """The file is read in 1 MiB chunks: a multi-byte character across the chunk edge is fine, the offset stays exact."""
+    path = tmp_path / "big.jsonl"
+    line = json.dumps({"Question": "Dose of naloxone?", "Complex_CoT": "Opioid reversal … titrate.", "Response": "0.4 mg."}, ensure_ascii=False)
+    body = ((line + "\n") * (2 * 2**20 // len(line.encode()) + 1)).encode()
+    path.write_bytes(body + b'{"Question": "\xff"}\n')
+    lines_before = body.count(b"\n")
+    with pytest.raises(DatasetError, match=rf"byte 0xff at offset {len(body) + 14} \(line {lines_before + 1}, byte 15 of the line\)"):
+        from_file(path)
+
+
+def test_utf8_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORDS).encode())
+    df, _ = from_file(path)
+    assert df["Question"].tolist() == [record["Question"] for record in RECORDS]
+
+
+@pytest.mark.parametrize("answer", ["None", "N/A", "NA", "null", "NaN", "n/a", "#N/A", "-"])
+def test_csv_text_that_looks_like_a_missing_value_is_kept(tmp_path, answer):
+    """An answer that reads "None" or "N/A" is an answer: CSV text is read as text, and cleaning keeps it."""
+    path = tmp_path / "answers.csv"
+    pd.DataFrame([
+        {"Question": "Which vaccine is contraindicated?", "Complex_CoT": "Checking the list.", "Response": answer},
+        {"Question": answer, "Complex_CoT": "Hmm.", "Response": "Something."},
+    ]).to_csv(path, index=False)
+    df, _ = from_file(path)
+    assert df["Response"].tolist()[0] == answer and df["Question"].tolist()[1] == answer
+
+    from medcot_pipeline.data.cleaning import clean_records
+
+    cleaned, counts = clean_records(df)
+    assert cleaned["Response"].tolist()[0] == answer
+    assert counts["output_rows"] == 2 and counts["dropped_null_Response"] == counts["dropped_null_Question"] == 0
+
+
+def test_empty_csv_cell_is_still_missing(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text('Question,Complex_CoT,Response\nFirst?,Reasoning.,\nSecond?,"",Answer.\nThird?,Yes.,Yes.\n')
+    df, _ = from_file(path)
+
+    from medcot_pipeline.data.cleaning import clean_records
+
+    cleaned, counts = clean_records(df)
+    assert cleaned["Question"].tolist() == ["Third?"]
+    assert (counts["dropped_null_Response"], counts["dropped_null_Complex_CoT"]) == (1, 1)
+
+
+def test_csv_numbers_in_text_columns_stay_text_and_other_columns_keep_their_type(tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text("Question,Complex_CoT,Response,score\n0042,Leading zeros matter.,007,3\n")
+    df, _ = from_file(path)
+    assert df.loc[0, "Question"] == "0042" and df.loc[0, "Response"] == "007"
+    assert df.loc[0, "score"] == 3
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        # pandas' default orient='columns': each column a {row: value} object.
+        (json.dumps({"Question": {"0": "Q one?", "1": "Q two?"}, "Complex_CoT": {"0": "a", "1": "b"}, "Response": {"0": "c", "1": "d"}}, indent=2),
+         "It looks column-oriented; export it with pandas' orient='records'"),
+        (json.dumps({"Question": ["Q one?"], "Complex_CoT": ["a"], "Response": ["c"]}), "It looks column-oriented"),
+        # One record on its own is an object too: not a dataset until it is in an array (or a .jsonl file).
+        (json.dumps({"Question": "Lone?", "Complex_CoT": "a", "Response": "b"}), "holds one JSON object (keys Question, Complex_CoT, Response)"),
+        (json.dumps({"data": [{"Question": "Nested?"}], "version": 2}, indent=1), "holds one JSON object (keys data, version)"),
+        ('"just a string"', "holds a JSON str, not records"),
+    ],
+)
+def test_json_file_with_another_shape_says_what_was_expected(tmp_path, content, says):
+    path = tmp_path / "export.json"
+    path.write_text(content)
+    with pytest.raises(DatasetError) as err:
+        from_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path} ") and says in message
+    assert "expected an array of records" in message and "JSON Lines (one such object per line)" in message
+    assert "\n" not in message
+
+
+def test_pretty_printed_jsonl_says_it_is_not_json_lines(tmp_path):
+    path = tmp_path / "pretty.jsonl"
+    path.write_text(json.dumps(RECORDS[0], indent=2))
+    with pytest.raises(DatasetError, match=r"pretty\.jsonl holds one JSON object over several lines, not JSON Lines"):
+        from_file(path)
+    path.write_text(json.dumps(RECORDS, indent=2))
+    with pytest.raises(DatasetError, match=r"pretty\.jsonl holds one JSON array over several lines, not JSON Lines: name the file \.json"):
+        from_file(path)
+
+
+def test_unreadable_file_is_a_dataset_error(tmp_path, monkeypatch):
+    """An OSError while reading (permissions, a vanished mount) is a DatasetError naming the file, so it is never retried."""
+    from pathlib import Path
+
+    path = tmp_path / "locked.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\n")
+
+    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, who runs CI here
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(DatasetError, match=r"locked\.jsonl cannot be read: Permission denied"):
+        from_file(path)

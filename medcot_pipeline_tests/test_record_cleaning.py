@@ -64,17 +64,99 @@ def test_line_endings_and_surrounding_whitespace_are_normalised():
     assert out.loc[0, "Response"] == "Because."
 
 
-def test_tags_inside_text_are_removed_and_counted():
+def test_tags_inside_text_are_escaped_and_counted():
+    """The four tags inside a text become &lt;...&gt;: the target stays well-formed and the text keeps its words."""
     rows = [
         record(question="q1?", cot="Okay <think>nested</think> thought.", response="Answer </response> here."),
         record(question="q2?", cot="<think></think>", response="Answer."),
     ]
     out, counts = clean_records(pd.DataFrame(rows))
-    assert out.loc[0, "Complex_CoT"] == "Okay nested thought."
-    assert out.loc[0, "Response"] == "Answer  here."
-    assert len(out) == 1  # q2's reasoning was only tags
-    assert counts["stripped_tags"] == 3
+    assert out.loc[0, "Complex_CoT"] == "Okay &lt;think&gt;nested&lt;/think&gt; thought."
+    assert out.loc[0, "Response"] == "Answer &lt;/response&gt; here."
+    assert len(out) == 1  # q2's reasoning was nothing but tags
+    assert counts["escaped_tags"] == 3
     assert drops(counts) == {"dropped_empty_Complex_CoT": 1}
+
+
+def test_a_question_about_a_tag_keeps_its_meaning():
+    """Removing the tag would leave "What does  stand for..."; escaped, the question still asks about it."""
+    from medcot_pipeline.data.splits import format_records
+    from medcot_pipeline.tagged_output import parse_tagged_output
+
+    question = "In the chart the scribe wrote <response> after each vital sign; what does <response> stand for there?"
+    out, counts = clean_records(pd.DataFrame([record(question=question, cot="The tag <think> is markup, nothing clinical.")]))
+    assert out.loc[0, "Question"] == question.replace("<response>", "&lt;response&gt;")
+    assert out.loc[0, "Complex_CoT"] == "The tag &lt;think&gt; is markup, nothing clinical."
+    assert counts["escaped_tags"] == 2 and counts["output_rows"] == 1
+    # The training target built from it has exactly one think block and one response block.
+    target = format_records(out).loc[0, "target"]
+    assert target.count("<think>") == target.count("<response>") == 1
+    assert parse_tagged_output(target).compliant
+
+
+def test_parquet_binary_and_list_columns_are_dropped_and_counted_never_turned_into_text(tmp_path):
+    """A Parquet file whose Question is binary and whose Complex_CoT is a list of strings, through raw_dataset's
+    own storage (write_raw_parquet/read_raw_parquet): every such row is dropped and counted, none becomes a repr."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medcot_pipeline.data import raw_parquet
+
+    source = tmp_path / "mixed_types.parquet"
+    pq.write_table(pa.table({
+        "Question": pa.array([b"Which antibiotic for Lyme carditis?", b"First-line for absence seizures?"], pa.binary()),
+        "Complex_CoT": pa.array([["Borrelia.", "Ceftriaxone IV."], ["Ethosuximide."]], pa.list_(pa.string())),
+        "Response": ["Ceftriaxone.", "Ethosuximide."],
+    }), source)
+    pq.write_table(pa.table({
+        "Question": ["Which antibiotic for Lyme carditis?", "First-line for absence seizures?", "Antidote for heparin?"],
+        "Complex_CoT": pa.array([["Borrelia.", "Ceftriaxone IV."], None, ["Protamine."]], pa.list_(pa.string())),
+        "Response": ["Ceftriaxone.", "Ethosuximide.", "Protamine sulfate."],
+    }), tmp_path / "list_cot.parquet")
+
+    for name, expected in (("mixed_types.parquet", {"dropped_non_string_Question": 2}),
+                           ("list_cot.parquet", {"dropped_non_string_Complex_CoT": 2, "dropped_null_Complex_CoT": 1})):
+        loaded, _ = load_records(RawDatasetSettings(source="file", path=str(tmp_path / name)))
+        stored = tmp_path / f"raw_{name}"
+        raw_parquet.write_raw_parquet(loaded, stored)
+        records = raw_parquet.read_raw_parquet(stored)
+        with pytest.raises(DatasetError) as err:
+            clean_records(records)
+        for reason, count in expected.items():
+            assert f"'{reason}': {count}" in str(err.value)
+        texts = [value for column in records.columns for value in records[column].tolist() if isinstance(value, str)]
+        assert not any(text.startswith(("b'", "b\"", "['", "array(")) for text in texts), texts
+
+
+def test_raw_parquet_gives_back_the_values_it_was_given(tmp_path):
+    """Mixed columns round-trip as the same Python values: bytes stay bytes, arrays come back as lists, numbers as numbers."""
+    import numpy as np
+
+    from medcot_pipeline.data import raw_parquet
+
+    frame = pd.DataFrame({
+        "Question": ["text", 7, ["a", "list"], {"a": "dict"}, None, np.int64(3)],
+        "Complex_CoT": [np.array(["x", "y"]), "text", None, 2.5, True, "more"],
+        "blob": [b"\x00\xff", b"ok", None, b"", b"z", b"\x80"],
+        "Response": ["r"] * 6,
+    })
+    path = tmp_path / "records.parquet"
+    raw_parquet.write_raw_parquet(frame, path)
+    back = raw_parquet.read_raw_parquet(path)
+    assert back["Question"].tolist() == ["text", 7, ["a", "list"], {"a": "dict"}, None, 3]
+    assert back["Complex_CoT"].tolist() == [["x", "y"], "text", None, 2.5, True, "more"]
+    assert back["blob"].tolist() == [b"\x00\xff", b"ok", None, b"", b"z", b"\x80"]
+    assert len(raw_parquet.frame_sha256(frame)) == 64  # bytes that are not UTF-8 hash too
+
+
+def test_raw_parquet_refuses_text_mixed_with_bytes_naming_the_column(tmp_path):
+    """Arrow would store the text as bytes; a column that cannot be kept as it is fails, naming the column and types."""
+    from medcot_pipeline.data import raw_parquet
+
+    frame = pd.DataFrame([record(question="plain?"), record(question=b"raw bytes?")])
+    with pytest.raises(DatasetError, match=r"column 'Question' mixes values that cannot be stored together without changing them \(bytes, str\)"):
+        raw_parquet.write_raw_parquet(frame, tmp_path / "records.parquet")
+    assert not (tmp_path / "records.parquet").exists()
 
 
 def test_duplicate_questions_after_normalisation_keep_the_first():
@@ -158,7 +240,7 @@ def test_sample_is_clean():
 def test_real_records(real_records_path, tmp_path):
     df, _ = load_records(RawDatasetSettings(source="file", path=str(real_records_path)))
     out, counts = clean_records(df)
-    # The 198 demo records are well-formed: nothing dropped, coerced or stripped; 4 fields lose stray whitespace.
+    # The 198 demo records are well-formed: nothing dropped, coerced or escaped; 4 fields lose stray whitespace.
     assert counts == {
         **{key: 0 for key in counts},
         "input_rows": 198,

@@ -4,11 +4,14 @@ The rule, applied to Question, Complex_CoT and Response in that order:
 
 - A value must end up a non-empty string. ints and finite floats become text (`coerced_<field>`;
   a whole float such as 42.0 becomes "42", because pandas turns int columns with a gap into floats).
-  None/NaN drops the row (`dropped_null_<field>`); bools, lists, dicts and any other type drop it
-  (`dropped_non_string_<field>`).
-- CRLF and lone CR become LF; the strings <think>, </think>, <response> and </response> are removed
-  (`stripped_tags` counts the fields changed) so the target never holds nested or unbalanced tags;
-  leading and trailing whitespace is stripped. Nothing left drops the row (`dropped_empty_<field>`).
+  None/NaN drops the row (`dropped_null_<field>`); bools, bytes, lists, arrays, dicts and any other type
+  drop it (`dropped_non_string_<field>`): a Parquet binary or list column is never turned into its repr.
+- CRLF and lone CR become LF; leading and trailing whitespace is stripped. Nothing left drops the row
+  (`dropped_empty_<field>`).
+- The strings <think>, </think>, <response> and </response> inside a text are escaped, not removed:
+  `<think>` becomes `&lt;think&gt;` (`escaped_tags` counts the fields changed). The target then never holds
+  nested or unbalanced tags, and a question about the tag still says what it said ("What does &lt;think&gt;
+  mean?"), where removing it would leave "What does  mean?". A field of nothing but tags counts as empty.
 - A row is counted under the first field that fails, so input_rows = output_rows + the dropped_* counts.
 - Of rows whose normalised Question is identical, the first is kept (`dropped_duplicate_question`).
 
@@ -44,7 +47,7 @@ def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         for reason in ("null", "non_string", "empty"):
             counts[f"dropped_{reason}_{field}"] = 0
     counts |= {f"coerced_{field}": 0 for field in RAW_COLUMNS}
-    counts |= {"stripped_tags": 0, "dropped_duplicate_question": 0, "nulled_bad_options": 0}
+    counts |= {"escaped_tags": 0, "dropped_duplicate_question": 0, "nulled_bad_options": 0}
 
     kept_positions: list[int] = []
     cleaned: dict[str, list[str]] = {field: [] for field in RAW_COLUMNS}
@@ -60,7 +63,7 @@ def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
             if not isinstance(columns[field][position], str):
                 counts[f"coerced_{field}"] += 1
             text, had_tags = _normalise(text)
-            counts["stripped_tags"] += had_tags
+            counts["escaped_tags"] += had_tags
             if not text:
                 counts[f"dropped_empty_{field}"] += 1
                 break
@@ -112,12 +115,21 @@ def _as_text(value) -> tuple[str, str | None]:
     return "", _NON_STRING
 
 
+def escape_tags(text: str) -> str:
+    """`<think>` -> `&lt;think&gt;` for each of the four tags; everything else as it was."""
+    for tag in TAGS:
+        text = text.replace(tag, tag.replace("<", "&lt;").replace(">", "&gt;"))
+    return text
+
+
 def _normalise(text: str) -> tuple[str, bool]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    had_tags = any(tag in text for tag in TAGS)
+    escaped = escape_tags(text)
+    bare = text
     for tag in TAGS:
-        text = text.replace(tag, "")
-    return text.strip(), had_tags
+        bare = bare.replace(tag, "")
+    # A field of nothing but tags says nothing: it counts as empty.
+    return (escaped.strip() if bare.strip() else ""), escaped != text
 
 
 def _optional_text(value) -> str | None:

@@ -18,7 +18,14 @@ SPLITS = ("train", "validation")
 
 
 class DatasetError(ValueError):
-    """Records that cannot be loaded or hold nothing usable; the message names the file and the field."""
+    """Records that cannot be loaded or hold nothing usable; the message names the file and the field.
+
+    Loading the same input again fails the same way, so it is never worth a retry.
+    """
+
+
+class SourceUnreachableError(DatasetError):
+    """The source could not be reached (no network, a Hub outage); this one may pass on a retry."""
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], where: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -10,11 +11,13 @@ import pandas as pd
 
 from medcot_pipeline.contracts import DatasetProvenance
 from medcot_pipeline.data.raw_parquet import frame_sha256
-from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, require_columns
+from medcot_pipeline.data.schema import MULTIPLE_CHOICE_COLUMNS, RAW_COLUMNS, DatasetError, SourceUnreachableError, require_columns
 from medcot_pipeline.settings import RawDatasetSettings
 
 SAMPLE_FILE = "medical_cot_sample.jsonl"
 FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+# Read from CSV as text, whatever they look like (an answer "None" or "42" is text).
+TEXT_COLUMNS = RAW_COLUMNS + MULTIPLE_CHOICE_COLUMNS
 
 
 def sample_path() -> Path:
@@ -62,7 +65,7 @@ def _load_hub(config: RawDatasetSettings) -> pd.DataFrame:
             config.hub_dataset, config.hub_config, split=config.hub_split, revision=config.hub_revision
         )
     except Exception as err:  # network, auth, unknown revision/config/split: all end the run the same way
-        raise DatasetError(
+        raise SourceUnreachableError(
             f"cannot load {config.hub_dataset} (config {config.hub_config}, split {config.hub_split}, "
             f"revision {config.hub_revision}) from the Hugging Face Hub: {type(err).__name__}: {err}"
         ) from err
@@ -86,35 +89,101 @@ def _load_file(path: Path) -> tuple[str, pd.DataFrame]:
         except Exception as err:  # pyarrow raises several unrelated types for a corrupt file
             raise DatasetError(f"{path} is not a readable Parquet file: {err}") from err
     if fmt == "csv":
-        try:
-            return fmt, pd.read_csv(path)
-        except pd.errors.EmptyDataError as err:
-            raise DatasetError(f"{path} is empty") from err
-        except pd.errors.ParserError as err:
-            raise DatasetError(f"{path} is not valid CSV: {err}") from err
+        return fmt, _read_csv(path)
 
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     if not text.strip():
         raise DatasetError(f"{path} is empty")
-    # A .json file may hold one array of records or, as many exports do, JSON Lines.
-    if fmt == "json" and text.lstrip().startswith("["):
-        records = _parse_json_array(path, text)
-    else:
-        records = _parse_json_lines(path, text)
-    return fmt, pd.DataFrame.from_records(records)
+    if fmt == "json":
+        return fmt, pd.DataFrame.from_records(_parse_json_file(path, text))
+    return fmt, pd.DataFrame.from_records(_parse_json_lines(path, text))
 
 
-def _parse_json_array(path: Path, text: str) -> list[dict]:
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Text columns as the text in the file: an answer that reads "None" or "N/A" is that answer, not a gap.
+
+    pandas reads "None", "N/A", "NA", "null", "nan" ... as missing by default; here only an empty cell is.
+    """
     try:
-        records = json.loads(text)
+        return pd.read_csv(
+            path, encoding="utf-8", dtype={column: str for column in TEXT_COLUMNS}, keep_default_na=False, na_values=[""]
+        )
+    except UnicodeDecodeError:
+        raise DatasetError(_not_utf8(path)) from None
+    except OSError as err:
+        raise DatasetError(f"{path} cannot be read: {err.strerror or err}") from err
+    except pd.errors.EmptyDataError as err:
+        raise DatasetError(f"{path} is empty") from err
+    except pd.errors.ParserError as err:
+        raise DatasetError(f"{path} is not valid CSV: {err}") from err
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        # utf-8-sig: a byte-order mark, as some editors write one, is not part of the first record.
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DatasetError(_not_utf8(path)) from None
+    except OSError as err:
+        raise DatasetError(f"{path} cannot be read: {err.strerror or err}") from err
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 sits, read in chunks so a large file is never held twice."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    last_newline = -1  # file offset of the last newline before the chunk being read
+    with path.open("rb") as stream:
+        while True:
+            chunk = stream.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # err.object is the decoder's held-back bytes (part of a character) followed by this chunk.
+                start = offset - (len(err.object) - len(chunk))
+                before = err.object[: err.start]
+                bad = start + err.start
+                if b"\n" in before:
+                    last_newline = start + before.rindex(b"\n")
+                line, column = newlines + before.count(b"\n") + 1, bad - last_newline
+                return (
+                    f"{path} is not UTF-8: byte 0x{err.object[err.start]:02x} at offset {bad} (line {line}, byte {column} "
+                    f"of the line) cannot be decoded; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
+            if not chunk:
+                return f"{path} is not UTF-8"  # the decoder disagreed with pandas; should not happen
+            newlines += chunk.count(b"\n")
+            if b"\n" in chunk:
+                last_newline = offset + chunk.rindex(b"\n")
+            offset += len(chunk)
+
+
+_SHAPES = "an array of records ([{\"Question\": ..., \"Complex_CoT\": ..., \"Response\": ...}, ...]) or JSON Lines (one such object per line)"
+
+
+def _parse_json_file(path: Path, text: str) -> list[dict]:
+    """A .json file holds one array of records or, as many exports do, JSON Lines."""
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
-    if not isinstance(records, list):
-        raise DatasetError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
-    for index, record in enumerate(records):
+        if text.lstrip().startswith("["):
+            raise DatasetError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+        return _parse_json_lines(path, text)  # more than one value: JSON Lines, or broken
+    return _records(path, value)
+
+
+def _records(path: Path, value) -> list[dict]:
+    if isinstance(value, dict):
+        keys = ", ".join(list(map(str, value))[:5]) + (", ..." if len(value) > 5 else "")
+        by_column = value and all(isinstance(v, (dict, list)) for v in value.values())
+        hint = " It looks column-oriented; export it with pandas' orient='records'." if by_column else ""
+        raise DatasetError(f"{path} holds one JSON object (keys {keys}), not records: expected {_SHAPES}.{hint}")
+    if not isinstance(value, list):
+        raise DatasetError(f"{path} holds a JSON {type(value).__name__}, not records: expected {_SHAPES}")
+    for index, record in enumerate(value):
         if not isinstance(record, dict):
             raise DatasetError(f"{path}: record {index} is a {type(record).__name__}, expected a JSON object")
-    return records
+    return value
 
 
 def _parse_json_lines(path: Path, text: str) -> list[dict]:
@@ -125,8 +194,10 @@ def _parse_json_lines(path: Path, text: str) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
+            if not records and path.suffix.lower() == ".jsonl":
+                _raise_if_one_value(path, text)
             raise DatasetError(
-                f"{path}: line {line_number} is not valid JSON (column {err.colno}: {err.msg})"
+                f"{path}: line {line_number} is not valid JSON (column {err.colno}: {err.msg}); expected {_SHAPES}"
             ) from err
         if not isinstance(record, dict):
             raise DatasetError(
@@ -134,3 +205,15 @@ def _parse_json_lines(path: Path, text: str) -> list[dict]:
             )
         records.append(record)
     return records
+
+
+def _raise_if_one_value(path: Path, text: str) -> None:
+    """A .jsonl file that is one JSON value spread over several lines (a pretty-printed export): say so."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(value, list):
+        raise DatasetError(f"{path} holds one JSON array over several lines, not JSON Lines: name the file .json")
+    kind = "object" if isinstance(value, dict) else type(value).__name__
+    raise DatasetError(f"{path} holds one JSON {kind} over several lines, not JSON Lines: put each record on one line")

@@ -4,7 +4,8 @@ import os
 
 import dagster as dg
 
-from medcot_pipeline.defs.stages import GPU_TAG_KEY
+from medcot_pipeline.defs.run_config_checks import run_config_checked
+from medcot_pipeline.defs.stages import GPU_TAG_KEY, STAGES
 
 
 def gpu_slots() -> int:
@@ -19,8 +20,12 @@ def gpu_slots() -> int:
 
 
 def gpu_aware_executor() -> dg.ExecutorDefinition:
-    """Multiprocess executor: CPU steps run alongside, GPU-tagged steps are capped at the GPU count."""
-    return dg.multiprocess_executor.configured(
+    """Multiprocess executor: CPU steps run alongside, GPU-tagged steps are capped at the GPU count.
+
+    It checks the whole run config against the settings models before the first step starts.
+    """
+    checked = run_config_checked(dg.multiprocess_executor, {name: stage.settings for name, stage in STAGES.items()})
+    return checked.configured(
         {"tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": "true", "limit": gpu_slots()}]}
     )
 

@@ -17,8 +17,9 @@ import yaml
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 DEFAULT_PROFILE = PROFILES_DIR / "demo.yaml"
-# Secrets are resource fields too, but a profile must never carry them.
-SECRET_FIELDS = {"token", "api_key"}
+# Secret keys a profile or run config must never carry, and the environment variable each comes from.
+SECRET_ENV = {"token": "HF_TOKEN", "api_key": "WANDB_API_KEY"}
+SECRET_FIELDS = set(SECRET_ENV)
 
 
 class ProfileError(ValueError):
@@ -89,9 +90,12 @@ def _sections(path: Path, raw: Any, kind: str, schemas: dict[str, type[pydantic.
         values = body.get("config") or {}
         if not isinstance(values, dict):
             raise ProfileError(f"{where}.config must be a mapping")
-        secrets = SECRET_FIELDS & set(values)
+        secrets = sorted(SECRET_FIELDS & set(values))
         if secrets:
-            raise ProfileError(f"{where}.config.{sorted(secrets)[0]}: secrets come from the environment, never from a profile")
+            raise ProfileError(
+                f"{where}.config.{secrets[0]}: secrets come from the environment ({SECRET_ENV[secrets[0]]}), "
+                "never from a profile or run config"
+            )
         schema = schemas.get(name)
         if schema is not None:
             _validate(where, schema, values)

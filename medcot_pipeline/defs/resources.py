@@ -92,10 +92,18 @@ class BaseModelResource(dg.ConfigurableResource):
 
 
 class HubResource(dg.ConfigurableResource):
-    """The Hugging Face Hub. The token only ever comes from the environment (HF_TOKEN)."""
+    """The Hugging Face Hub. The token is read from HF_TOKEN where it is used, never configured.
 
-    token: Optional[str] = Field(default=None, description="Set through EnvVar('HF_TOKEN'), never in a profile.")
+    `token` is deliberately not a config field: Dagster then rejects `resources: hub: config: token:` in any
+    run config (a `-c` file, the launchpad, a schedule) at launch, before the run and its config are stored.
+    """
+
     endpoint: Optional[str] = Field(default=None, description="Another Hub endpoint (HF_ENDPOINT), e.g. a mirror.")
+
+    @property
+    def token(self) -> Optional[str]:
+        """HF_TOKEN from the environment of the step; None means 'stage, do not push'."""
+        return dg.EnvVar("HF_TOKEN").get_value() or None
 
     def api(self):
         from huggingface_hub import HfApi
@@ -108,11 +116,17 @@ class HubResource(dg.ConfigurableResource):
 
 
 class WandbResource(dg.ConfigurableResource):
-    """Weights & Biases: offline run files under the artifacts root unless a key is in the environment."""
+    """Weights & Biases: offline run files under the artifacts root unless WANDB_API_KEY is in the environment.
+
+    Like the Hub token, the key is no config field, so no run config can carry it into the run storage.
+    """
 
     project: str = "medcot"
     entity: Optional[str] = None
-    api_key: Optional[str] = Field(default=None, description="Set through EnvVar('WANDB_API_KEY'), never in a profile.")
+
+    @property
+    def api_key(self) -> Optional[str]:
+        return dg.EnvVar("WANDB_API_KEY").get_value() or None
 
     @property
     def mode(self) -> str:
@@ -126,11 +140,6 @@ class WandbResource(dg.ConfigurableResource):
         return {"WANDB_API_KEY": self.api_key} if self.api_key else {}
 
 
-def env_secret(name: str) -> Optional[dg.EnvVar]:
-    """EnvVar for a secret that may be absent: an unset HF_TOKEN means 'stage, do not push'."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
 RESOURCE_TYPES = {"artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource}
 
 
@@ -141,8 +150,8 @@ def build_resources(values: dict[str, dict]) -> dict:
         "artifacts": artifacts,
         "io_manager": ArtifactPathIOManager(artifacts=artifacts),
         "base_model": BaseModelResource(**values.get("base_model", {})),
-        # Unset means "stage, don't push" / "W&B offline".
-        "hub": HubResource(**values.get("hub", {}), token=env_secret("HF_TOKEN")),
-        "wandb": WandbResource(**values.get("wandb", {}), api_key=env_secret("WANDB_API_KEY")),
+        # Their secrets come from the environment when used (HF_TOKEN, WANDB_API_KEY), never from config.
+        "hub": HubResource(**values.get("hub", {})),
+        "wandb": WandbResource(**values.get("wandb", {})),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -20,6 +20,7 @@ from medcot_pipeline import settings
 from medcot_pipeline.defs import code_versions
 from medcot_pipeline.defs.profiles import Profile, active_profile_path, load_profile
 from medcot_pipeline.defs.resources import RESOURCE_TYPES
+from medcot_pipeline.defs.run_config_checks import command_line_config_files
 
 # Steps that hold a GPU: limited within a run by the executor's tag limit and across runs by the pool.
 GPU_TAG_KEY = "medcot/gpu"
@@ -55,6 +56,10 @@ def read_profile(path) -> Profile:
 
 
 PROFILE = read_profile(active_profile_path())
+# `dagster asset materialize -c FILE`: FILE is run config this code location would never see before the run
+# exists; checked here as the profile is, it fails at launch naming the file and key, before anything is stored.
+for _run_config_file in command_line_config_files():
+    read_profile(_run_config_file)
 
 
 def profile_settings(asset: str, profile: Profile = PROFILE) -> settings.Settings:

@@ -38,11 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 class ReleaseError(RuntimeError):
-    """The release could not be staged or pushed; the message says which repo and step."""
+    """The release could not be staged or pushed; the message says which repo and step.
+
+    Permanent: the same release fails the same way again (missing files, offline mode, a 4xx from the Hub).
+    """
 
 
 class ReleaseAuthError(ReleaseError):
     """The Hub refused the token (401/403)."""
+
+
+class HubUnavailableError(ReleaseError):
+    """The Hub kept failing transiently (5xx, 408/429, connection errors) through every retry; later it may not."""
 
 
 def adapter_repo_id(repo_id: str) -> str:
@@ -214,7 +221,7 @@ def _with_retries(
         if isinstance(outcome, ReleaseError):
             raise outcome
         if attempt == max_retries:
-            raise ReleaseError(f"{step} for {repo_id} still failed after {attempt + 1} attempts: {outcome.reason}")
+            raise HubUnavailableError(f"{step} for {repo_id} still failed after {attempt + 1} attempts: {outcome.reason}")
         delay = max(backoff_seconds * 2**attempt, outcome.retry_after or 0.0)
         logger.warning(
             "%s for %s failed (%s); retry %d/%d in %.1f s", step, repo_id, outcome.reason, attempt + 1, max_retries, delay
@@ -272,7 +279,8 @@ def push_release(
     "repo_url", "repo_id"} plus "adapter" (the same keys for the adapter repo, or None). An unchanged
     release makes no commit: pushed is False and commit_oid None; revision is the repo's current commit.
     Transient failures (5xx, 408, 429, connection errors) are retried max_retries times with exponential
-    backoff; 401/403 raise ReleaseAuthError at once. The token is never logged, returned or raised.
+    backoff, then raise HubUnavailableError; 401/403 raise ReleaseAuthError at once, and every other failure
+    (offline mode, another 4xx) a plain ReleaseError at once. The token is never logged, returned or raised.
     """
     if adapter_mode not in ADAPTER_MODES:
         raise ReleaseError(f"adapter_mode must be one of {ADAPTER_MODES}, not {adapter_mode!r}")

@@ -5,11 +5,11 @@ import pandas as pd
 
 from medcot_pipeline.contracts import DatasetProvenance, SplitsSummary
 from medcot_pipeline.data import cleaning, raw_parquet, sources, splits, token_budget
-from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError
+from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, SourceUnreachableError
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, HubResource
 from medcot_pipeline.defs.stages import FormattingConfig, RawDatasetConfig, current_code_version, profile_settings, stage_asset
 
-# Sources that reach the network get retried; a schema error is not retried (it fails the same way).
+# Only a source that could not be reached is retried (allow_retries below); bad data fails the same way every time.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 HUB_DATASET = profile_settings("raw_dataset").hub_dataset
 
@@ -49,13 +49,14 @@ def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, art
     """Medical-o1 records as loaded (Hub, file or the bundled sample), stored as Parquet."""
     try:
         records, provenance = sources.load_records(config)
+        provenance = provenance.model_copy(update={"code_version": current_code_version(context)})
+        with artifacts.new_version("raw_dataset", context.run_id) as staging:
+            raw_parquet.write_raw_parquet(records, staging / raw_parquet.RECORDS_FILE)
+            provenance.write(staging)
     except DatasetError as err:
-        raise dg.Failure(str(err), allow_retries=source_is_network(config)) from err
-    provenance = provenance.model_copy(update={"code_version": current_code_version(context)})
+        # The message names the file and what is wrong with it; a retry only helps a source that was unreachable.
+        raise dg.Failure(str(err), allow_retries=isinstance(err, SourceUnreachableError)) from None
     content_hash = provenance.content_sha256
-    with artifacts.new_version("raw_dataset", context.run_id) as staging:
-        raw_parquet.write_raw_parquet(records, staging / raw_parquet.RECORDS_FILE)
-        provenance.write(staging)
     out_dir = artifacts.version_dir("raw_dataset", context.run_id)
     return dg.Output(
         str(out_dir),

@@ -11,18 +11,23 @@ from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, sta
 
 def check_lineage(report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str) -> None:
     """The report graded this merged model, and this merged model holds this adapter; else say what to rerun."""
+    # allow_retries=False: the same artifacts disagree the same way on a retry.
     if Path(report.merged_model_dir) != Path(merged_model):
         raise dg.Failure(
             f"rouge_report graded {report.merged_model_dir}, not the current merged_model {merged_model}: "
-            "materialize rouge_report (and hub_release) again so the release is the model that was graded"
+            "materialize rouge_report (and hub_release) again so the release is the model that was graded",
+            allow_retries=False,
         )
     if Path(merge.adapter_dir) != Path(lora_adapter):
         raise dg.Failure(
             f"merged_model was merged from {merge.adapter_dir}, not the current lora_adapter {lora_adapter}: "
-            "materialize merged_model and everything below it again"
+            "materialize merged_model and everything below it again",
+            allow_retries=False,
         )
 
 
+# The retry is for a Hub that stayed unavailable through push_release's own retries; every other failure
+# (a refused token, HF_HUB_OFFLINE, a missing file) is raised with allow_retries=False and fails at once.
 @stage_asset(kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
 def hub_release(
     context: dg.AssetExecutionContext,
@@ -34,13 +39,17 @@ def hub_release(
     hub: HubResource,
 ) -> dg.Output[str]:
     """The release folder (merged model, adapter, model card), pushed to the Hub only with HF_TOKEN set."""
-    from medcot_pipeline.release.hub_publishing import ReleaseError, push_release, stage_release
+    from medcot_pipeline.contracts import ContractError
+    from medcot_pipeline.release.hub_publishing import HubUnavailableError, ReleaseError, push_release, stage_release
     from medcot_pipeline.release.model_card import ReleaseFacts, build_model_card
 
     # Every fact comes from the artifacts this release is made of, following their own records upstream.
-    report = EvaluationReport.read(rouge_report)
-    merge = MergeRecord.read(merged_model)
-    summary = TrainingSummary.read(lora_adapter)
+    try:
+        report = EvaluationReport.read(rouge_report)
+        merge = MergeRecord.read(merged_model)
+        summary = TrainingSummary.read(lora_adapter)
+    except ContractError as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
     check_lineage(report, merge, merged_model, lora_adapter)
     facts = ReleaseFacts(
         repo_id=config.repo_id,
@@ -57,11 +66,14 @@ def hub_release(
         adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
     )
     card = build_model_card(facts)
-    with artifacts.new_version("hub_release", context.run_id) as staging:
-        manifest = stage_release(
-            Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
-            config.adapter, repo_id=config.repo_id,
-        )
+    try:
+        with artifacts.new_version("hub_release", context.run_id) as staging:
+            manifest = stage_release(
+                Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
+                config.adapter, repo_id=config.repo_id,
+            )
+    except ReleaseError as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
     metadata = {
         "path": dg.MetadataValue.path(str(staged)),
@@ -80,7 +92,7 @@ def hub_release(
             commit_message=config.commit_message, endpoint=hub.endpoint,
         )
     except ReleaseError as err:
-        raise dg.Failure(str(err)) from err
+        raise dg.Failure(str(err), allow_retries=isinstance(err, HubUnavailableError)) from None
     status = "pushed" if pushed.get("pushed") else "unchanged on the Hub, no new commit"
     return dg.Output(
         str(staged),
