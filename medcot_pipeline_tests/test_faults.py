@@ -179,7 +179,8 @@ def test_base_model_missing_from_the_hub_fails_the_first_asset_that_needs_it(tmp
 
 
 def test_run_config_that_breaks_a_constraint_fails_the_step_naming_the_field(tmp_path, tiny_llama_dir):
-    """Launchpad/`-c` run config bypasses load_profile; max_steps: -1 must still fail, naming max_steps, and start no training."""
+    """In-process execution (no executor, so no check before the first step: test_run_config_checks covers the CLI and
+    the launchpad): max_steps: -1 still fails the step itself, naming max_steps, and starts no training."""
     defs = load_defs(write_profile(tmp_path / "ok.yaml", tiny_profile(tiny_llama_dir, tmp_path / "artifacts")))
     (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
@@ -227,6 +228,120 @@ def test_a_bad_profile_stops_the_cli_at_launch_naming_file_and_key(tmp_path):
         stop_group(cli)
     output = log.read_text()
     assert "ProfileError" in output and f"{bad}: ops.lora_adapter.config.max_stepz is not a setting" in output, output[-3000:]
+
+
+def step_retries(instance: dg.DagsterInstance, run_id: str) -> int:
+    return sum(1 for entry in instance.all_logs(run_id) if entry.dagster_event and entry.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY)
+
+
+def raw_dataset_from(tmp_path: Path, name: str, source: Path) -> dg.Definitions:
+    """Definitions whose raw_dataset reads `source` (the base model is never loaded by raw_dataset)."""
+    profile = tiny_profile(tmp_path / "unused-base-model", tmp_path / "artifacts", raw_dataset={"source": "file", "path": str(source)})
+    return load_defs(write_profile(tmp_path / f"{name}.yaml", profile))
+
+
+def test_a_file_that_is_not_utf8_fails_once_naming_file_and_byte(tmp_path):
+    """latin-1 JSON Lines: raw_dataset fails on its first attempt (the network retry policy does not apply to a local
+    file) with one line naming the file and where the bad byte is; nothing is materialized or written."""
+    source = tmp_path / "formulary.jsonl"
+    lines = [json.dumps({"Question": q, "Complex_CoT": "Reasoning.", "Response": "Answer."}, ensure_ascii=False)
+             for q in ("Max dose of paracetamol?", "Côté droit ou gauche for the appendix?")]
+    source.write_bytes("\n".join(lines).encode("latin-1"))
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    result = materialize(raw_dataset_from(tmp_path, "latin1", source), instance, ["raw_dataset"])
+
+    assert not result.success and materialized_in(result) == set()
+    assert step_retries(instance, result.run_id) == 0
+    [failure] = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    message = failure.step_failure_data.error.message.strip()
+    offset = len(lines[0]) + 1 + lines[1].index("ô")
+    assert message == (
+        f"dagster._core.definitions.events.Failure: {source} is not UTF-8: byte 0xf4 at offset {offset} (line 2, byte "
+        f"{lines[1].index('ô') + 1} of the line) cannot be decoded; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+    assert failure.step_failure_data.error.cause is None  # no UnicodeDecodeError traceback behind it
+    assert not (tmp_path / "artifacts" / "raw_dataset").exists()
+
+
+def test_a_json_object_materializes_nothing_and_the_previous_raw_dataset_stays(tmp_path):
+    """A .json holding a column-oriented object after a good raw_dataset: the run fails naming the file and the
+    expected shapes, without a retry; the latest raw_dataset is still the good one, on disk and in Dagster."""
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"Question": f"Case {i}?", "Complex_CoT": "Think.", "Response": "Do."}) for i in range(4)))
+    by_column = tmp_path / "by_column.json"
+    by_column.write_text(json.dumps({"Question": {"0": "Case A?", "1": "Case B?"}, "Complex_CoT": {"0": "x", "1": "y"},
+                                     "Response": {"0": "r", "1": "s"}}))
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    first = materialize(raw_dataset_from(tmp_path, "good", good), instance, ["raw_dataset"])
+    assert first.success, step_errors(instance, first.run_id)
+    ref = tmp_path / "artifacts" / "refs" / "raw_dataset.json"
+    ref_before = ref.read_text()
+
+    second = materialize(raw_dataset_from(tmp_path, "by_column", by_column), instance, ["raw_dataset"])
+    assert not second.success and step_retries(instance, second.run_id) == 0
+    errors = step_errors(instance, second.run_id)
+    assert any(f"{by_column} holds one JSON object (keys Question, Complex_CoT, Response), not records: expected an array "
+               "of records" in error and "It looks column-oriented" in error for error in errors), errors
+    latest = instance.get_latest_materialization_event(dg.AssetKey("raw_dataset"))
+    assert latest.run_id == first.run_id
+    assert ref.read_text() == ref_before
+    assert sorted(p.name for p in (tmp_path / "artifacts" / "raw_dataset").iterdir()) == [first.run_id]
+
+
+def fake_release_inputs(artifacts: Path) -> None:
+    """merged_model, lora_adapter and rouge_report as hub_release finds them: small files, real contracts, refs."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from medcot_pipeline.contracts import BaseModelRef, MergeRecord
+    from medcot_pipeline_tests.contract_factories import evaluation_report, training_summary
+
+    adapter, merged, report = (artifacts / "lora_adapter" / "r0" / "adapter", artifacts / "merged_model" / "r0" / "model",
+                               artifacts / "rouge_report" / "r0")
+    for directory in (adapter, merged, report):
+        directory.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    save_file({"lora_A.weight": np.ones((2, 4), dtype=np.float32)}, adapter / "adapter_model.safetensors")
+    training_summary().write(adapter)
+    (merged / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (merged / "tokenizer_config.json").write_text("{}")
+    save_file({"lm_head.weight": np.zeros((4, 4), dtype=np.float32)}, merged / "model.safetensors")
+    base = BaseModelRef(name="meta-llama/Llama-3.2-3B-Instruct", reference="meta-llama/Llama-3.2-3B-Instruct")
+    MergeRecord(adapter_dir=str(adapter), adapter_sha256="0" * 64, base_model=base, dtype="float32", parameters=16,
+                weights_sha256="1" * 64, size_bytes=64).write(merged)
+    evaluation_report(merged_model_dir=str(merged)).write(report)
+    (artifacts / "refs").mkdir()
+    for asset, path in (("lora_adapter", adapter), ("merged_model", merged), ("rouge_report", report)):
+        (artifacts / "refs" / f"{asset}.json").write_text(json.dumps({"path": str(path), "run_id": "r0"}))
+
+
+@pytest.mark.parametrize("outage", [False, True], ids=["offline_mode_fails_at_once", "hub_outage_is_retried_once"])
+def test_hub_release_retries_only_a_hub_that_stayed_unavailable(tmp_path, monkeypatch, outage):
+    """HF_HUB_OFFLINE with HF_TOKEN set is a refusal that no retry heals: one attempt, the reason in one line. A Hub
+    that stayed unavailable through push_release's own retries gets the step's one retry (30 s later)."""
+    from huggingface_hub import constants
+
+    from medcot_pipeline.release import hub_publishing
+
+    fake_release_inputs(tmp_path / "artifacts")
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    if outage:
+        def unavailable(*args, **kwargs):
+            raise hub_publishing.HubUnavailableError("uploading the release for test-org/medcot-test still failed after 5 attempts: HTTP 503")
+
+        monkeypatch.setattr(hub_publishing, "push_release", unavailable)
+    defs = load_defs(write_profile(tmp_path / "release.yaml", tiny_profile(tmp_path / "unused-base-model", tmp_path / "artifacts")))
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    result = materialize(defs, instance, ["hub_release"])
+
+    assert not result.success
+    assert step_retries(instance, result.run_id) == (1 if outage else 0)
+    reason = "still failed after 5 attempts: HTTP 503" if outage else "HF_HUB_OFFLINE is set, so test-org/medcot-test cannot be pushed"
+    assert any(reason in error for error in step_errors(instance, result.run_id))
 
 
 # ---------------------------------------------------------------- crash mid-training, then resume
@@ -421,3 +536,17 @@ def test_wandb_mode_offline_is_honoured_with_a_key_set(secret_runs):
     """With WANDB_API_KEY set and WANDB_MODE=offline, lora_adapter trains and W&B writes offline files."""
     result = secret_runs["runs"]["wandb_with_key"]
     assert result.success, step_errors(secret_runs["instance"], result.run_id)[:1]
+
+
+def test_every_asset_path_metadata_is_its_artifact_directory(secret_runs):
+    """`path` on each of the six materializations is the directory the asset wrote under the artifacts root (the value
+    handed downstream), never a file of the IO manager's under DAGSTER_HOME."""
+    artifacts, home, release = secret_runs["artifacts"], secret_runs["home"], secret_runs["runs"]["release"]
+    paths = {event.asset_key.to_user_string(): Path(event.materialization.metadata["path"].value)
+             for event in release.get_asset_materialization_events()}
+    assert set(paths) == set(ASSETS)
+    for asset, path in paths.items():
+        assert path.is_dir(), (asset, path)
+        assert path.is_relative_to(artifacts / asset / release.run_id), (asset, path)
+        assert not path.is_relative_to(home / "storage"), (asset, path)
+        assert any(path.iterdir()), (asset, path)  # what the asset wrote, not an empty placeholder

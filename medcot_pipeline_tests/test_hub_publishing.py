@@ -17,6 +17,7 @@ from huggingface_hub import constants
 from safetensors.numpy import save_file
 
 from medcot_pipeline.release.hub_publishing import (
+    HubUnavailableError,
     ReleaseAuthError,
     ReleaseError,
     adapter_repo_id,
@@ -395,7 +396,7 @@ def test_unavailable_hub_fails_after_max_retries(tmp_path, merged_dir, adapter_d
     fake_hub.always = 503
     sleep = RecordedSleep()
 
-    with pytest.raises(ReleaseError, match=rf"{REPO_ID} still failed after 4 attempts: HTTP 503") as raised:
+    with pytest.raises(HubUnavailableError, match=rf"{REPO_ID} still failed after 4 attempts: HTTP 503") as raised:
         push(staged, fake_hub, sleep=sleep, max_retries=3)
 
     assert not isinstance(raised.value, ReleaseAuthError)
@@ -428,3 +429,20 @@ def test_push_refuses_offline_mode_and_mismatched_staging(tmp_path, merged_dir, 
         push_release(staged, REPO_ID, TOKEN, adapter_mode="none", commit_message="m", endpoint="http://127.0.0.1:9")
     with pytest.raises(ReleaseAuthError, match=f"needs write access to {REPO_ID}"):
         push_release(staged, REPO_ID, "", adapter_mode="subfolder", commit_message="m", endpoint="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_only_a_hub_that_stayed_unavailable_is_worth_another_attempt(tmp_path, merged_dir, adapter_dir, card, fake_hub, status, monkeypatch):
+    """hub_release lets Dagster retry HubUnavailableError only: a 4xx, a refused token or offline mode is a plain
+    ReleaseError (or ReleaseAuthError), raised at the first attempt."""
+    staged = staged_release(tmp_path, merged_dir, adapter_dir, card, "subfolder")
+    fake_hub.always = status
+    sleep = RecordedSleep()
+    with pytest.raises(ReleaseError) as raised:
+        push(staged, fake_hub, sleep=sleep)
+    assert not isinstance(raised.value, HubUnavailableError) and sleep.calls == []
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ReleaseError, match="HF_HUB_OFFLINE") as raised:
+        push(staged, fake_hub, sleep=sleep)
+    assert not isinstance(raised.value, HubUnavailableError)
