@@ -196,8 +196,9 @@ def _parse_json_lines(path: Path, text: str) -> list[dict]:
         except json.JSONDecodeError as err:
             if not records and path.suffix.lower() == ".jsonl":
                 _raise_if_one_value(path, text)
+            expected = _SHAPES if path.suffix.lower() == ".json" else "one JSON object per line"
             raise DatasetError(
-                f"{path}: line {line_number} is not valid JSON (column {err.colno}: {err.msg}); expected {_SHAPES}"
+                f"{path}: line {line_number} is not valid JSON (column {err.colno}: {err.msg}); expected {expected}"
             ) from err
         if not isinstance(record, dict):
             raise DatasetError(

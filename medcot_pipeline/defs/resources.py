@@ -94,8 +94,9 @@ class BaseModelResource(dg.ConfigurableResource):
 class HubResource(dg.ConfigurableResource):
     """The Hugging Face Hub. The token is read from HF_TOKEN where it is used, never configured.
 
-    `token` is deliberately not a config field: Dagster then rejects `resources: hub: config: token:` in any
-    run config (a `-c` file, the launchpad, a schedule) at launch, before the run and its config are stored.
+    `token` is deliberately not a config field: Dagster then rejects `resources: hub: config: token:` in the
+    config of any run that uses the Hub (a `-c` file, the launchpad, a schedule) at launch, before the run and
+    its config are stored. For the rest, see defs/run_config_checks.py.
     """
 
     endpoint: Optional[str] = Field(default=None, description="Another Hub endpoint (HF_ENDPOINT), e.g. a mirror.")
@@ -118,7 +119,7 @@ class HubResource(dg.ConfigurableResource):
 class WandbResource(dg.ConfigurableResource):
     """Weights & Biases: offline run files under the artifacts root unless WANDB_API_KEY is in the environment.
 
-    Like the Hub token, the key is no config field, so no run config can carry it into the run storage.
+    Like the Hub token, the key is no config field: Dagster refuses it in the run config of any run that uses W&B.
     """
 
     project: str = "medcot"
