@@ -151,6 +151,10 @@ class TrainingSummary(Contract):
     backend: str
     base_weights: str  # how the base was held while training: "4-bit NF4 (QLoRA)", "bfloat16", "float32"
     processes: int
+    # Rows per optimizer step over all processes, and how each process made them (training/distributed.py).
+    global_batch_rows: Optional[int] = None
+    per_process_batch: Optional[int] = None
+    per_process_accumulation: Optional[int] = None
     hardware: str  # the accelerator's name, e.g. "NVIDIA H100 80GB HBM3", or "CPU (x86_64)"
     base_model: BaseModelRef
     dataset: DatasetProvenance

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 # Not pinned: this machine cannot reach the Hub to read the dataset's current commit. Set `hub_revision` to a
@@ -68,9 +68,25 @@ class TrainingSettings(Settings):
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last one.")
     save_total_limit: int = Field(default=2, ge=1)
-    num_gpus: int = Field(default=1, ge=0, description="Data-parallel processes; 0 means every visible GPU.")
+    num_gpus: int = Field(
+        default=1,
+        ge=0,
+        description="Data-parallel processes; 0 means every visible GPU. per_device_train_batch_size x "
+        "gradient_accumulation_steps is the global batch on any number of GPUs: the processes share it.",
+    )
     seed: int = 3407
     report_to_wandb: bool = True
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _num_gpus_share_the_batch(cls, num_gpus: int, info: ValidationInfo) -> int:
+        """A GPU count that cannot share the global batch evenly fails at launch, not after the data steps."""
+        from medcot_pipeline.training.distributed import split_global_batch
+
+        batch, accumulation = info.data.get("per_device_train_batch_size"), info.data.get("gradient_accumulation_steps")
+        if num_gpus > 1 and batch and accumulation:
+            split_global_batch(batch, accumulation, num_gpus)  # raises BatchSplitError (a ValueError) naming the numbers
+        return num_gpus
 
 
 class MergeSettings(Settings):

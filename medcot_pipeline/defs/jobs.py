@@ -8,25 +8,21 @@ from medcot_pipeline.defs.run_config_checks import run_config_checked
 from medcot_pipeline.defs.stages import GPU_TAG_KEY, STAGES
 
 
-def gpu_slots() -> int:
-    """GPU steps allowed at once in a run: MEDCOT_GPU_SLOTS, else the GPUs CUDA_VISIBLE_DEVICES names, else 1.
-
-    Read from the environment rather than torch so the code location loads without importing CUDA.
-    """
-    if os.environ.get("MEDCOT_GPU_SLOTS"):
-        return max(1, int(os.environ["MEDCOT_GPU_SLOTS"]))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return max(1, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+# A GPU step holds the host's GPUs: merging, evaluation and one-GPU training run on the first visible GPU,
+# data-parallel training on all of them. Two GPU steps at once would share a card, so a run starts one at a
+# time, and the `gpu` pool (dagster_home/dagster.yaml, limit 1) makes other runs' GPU steps wait for it.
+# Dagster 1.13 counts one pool slot per step (no weighted slots), so the pool counts GPU steps, not GPUs.
+GPU_STEPS_AT_ONCE = 1
 
 
 def gpu_aware_executor() -> dg.ExecutorDefinition:
-    """Multiprocess executor: CPU steps run alongside, GPU-tagged steps are capped at the GPU count.
+    """Multiprocess executor: CPU steps run alongside, GPU-tagged steps one at a time.
 
     It checks the whole run config against the settings models before the first step starts.
     """
     checked = run_config_checked(dg.multiprocess_executor, {name: stage.settings for name, stage in STAGES.items()})
     return checked.configured(
-        {"tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": "true", "limit": gpu_slots()}]}
+        {"tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": "true", "limit": GPU_STEPS_AT_ONCE}]}
     )
 
 

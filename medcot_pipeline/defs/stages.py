@@ -22,7 +22,8 @@ from medcot_pipeline.defs.profiles import Profile, active_profile_path, load_pro
 from medcot_pipeline.defs.resources import RESOURCE_TYPES
 from medcot_pipeline.defs.run_config_checks import command_line_config_files
 
-# Steps that hold a GPU: limited within a run by the executor's tag limit and across runs by the pool.
+# Steps that hold GPUs (one, or every GPU for data-parallel training): one at a time, within a run by the
+# executor's tag limit (jobs.py) and across runs by the pool, one slot per step (dagster_home/dagster.yaml).
 GPU_TAG_KEY = "medcot/gpu"
 GPU_TAG = {GPU_TAG_KEY: "true"}
 GPU_POOL = "gpu"

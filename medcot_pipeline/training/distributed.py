@@ -1,39 +1,181 @@
-"""Data-parallel training: how many processes, the launcher command, and which process may write.
+"""Data-parallel training: how many processes, how the global batch splits over them, the launcher, and which
+process may write.
 
 One process per GPU, started by torchrun from the same Pipes step. Only rank 0 talks to Dagster, W&B and
-the artifacts root; every rank trains. Without CUDA the ranks use the gloo backend (what the CPU test runs).
+the artifacts root; every rank trains. Without CUDA the ranks use the gloo backend (what the CPU tests run).
+
+The global batch is what a profile sets: `per_device_train_batch_size x gradient_accumulation_steps` rows make
+one optimizer step on any number of GPUs. N processes share those rows, so the records per step, and with
+them `max_steps`, `learning_rate`, warm-up, evaluation and checkpoint steps, mean on N GPUs what they mean on
+one. transformers' `average_tokens_across_devices` (on by default) normalises the loss over the tokens of all
+ranks, so the gradient of a step is the one-GPU gradient of the same rows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # NVLink multicast can take a shared host's GPUs out of service; NCCL, PyTorch and NVSHMEM all keep it off.
 MULTI_GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+# Where the launcher writes which rank failed first, and how, for the Dagster step to report.
+FAILURE_FILE_ENV = "MEDCOT_TORCHRUN_FAILURE_FILE"
+LAUNCHER_MODULE = __name__
 
 
-def resolve_num_processes(num_gpus: int) -> int:
-    """num_gpus as configured; 0 means every visible GPU (one process when there is none)."""
-    if num_gpus > 0:
-        return num_gpus
+class BatchSplitError(ValueError):
+    """A global batch that cannot be shared evenly by the processes asked for."""
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """What each of `processes` data-parallel processes runs for one optimizer step."""
+
+    processes: int
+    per_device_batch: int
+    accumulation: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.processes * self.per_device_batch * self.accumulation
+
+    def describe(self) -> str:
+        return (
+            f"{self.global_batch} rows a step = {self.processes} process(es) x {self.per_device_batch} rows x "
+            f"{self.accumulation} accumulation"
+        )
+
+
+def split_global_batch(per_device_batch: int, accumulation: int, processes: int) -> BatchSplit:
+    """The profile's `per_device_batch x accumulation` rows a step, shared by `processes` processes.
+
+    Each process gets the same number of rows; of the ways to make them, the largest micro-batch that is not
+    larger than the profile's: per-GPU memory never exceeds what the profile needs on one GPU, and each step
+    runs the fewest forward/backward passes. So batch 24 x 1 becomes 12 x 1 on 2 GPUs and 6 x 1 on 4; batch
+    1 x 8 becomes 1 x 4 on 2; batch 8 x 4 becomes 8 x 2 on 2. Rows that do not divide evenly are an error
+    (24 over 5 GPUs): any rounding would change the global batch the learning rate was chosen for.
+    """
+    if processes < 1 or per_device_batch < 1 or accumulation < 1:
+        raise ValueError(f"processes, batch and accumulation must be positive, got {processes}, {per_device_batch}, {accumulation}")
+    rows = per_device_batch * accumulation
+    if rows % processes:
+        raise BatchSplitError(
+            f"the global batch of {rows} rows a step (per_device_train_batch_size {per_device_batch} x "
+            f"gradient_accumulation_steps {accumulation}) does not split evenly over {processes} GPUs; "
+            f"use a GPU count that divides it ({', '.join(map(str, divisors(rows)))}), or num_gpus: 0 for as many "
+            "visible GPUs as do"
+        )
+    per_process = rows // processes
+    micro = max(b for b in range(1, min(per_device_batch, per_process) + 1) if per_process % b == 0)
+    return BatchSplit(processes=processes, per_device_batch=micro, accumulation=per_process // micro)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def visible_gpus() -> int:
     import torch
 
-    return max(1, torch.cuda.device_count())
+    return torch.cuda.device_count()
+
+
+def resolve_num_processes(num_gpus: int, global_batch: int, visible: int | None = None) -> int:
+    """num_gpus as configured; 0 means the most of the visible GPUs that share `global_batch` rows evenly
+    (all of them unless their count does not divide it; one process when there is no GPU)."""
+    if num_gpus > 0:
+        return num_gpus
+    visible = visible_gpus() if visible is None else visible
+    return max(n for n in range(1, max(visible, 1) + 1) if global_batch % n == 0)
 
 
 def launch_command(num_processes: int, module: str) -> list[str]:
-    """`python -m module`, or torchrun starting `num_processes` of it on this host."""
+    """`python -m module`, or torchrun (through `torchrun_main`) starting `num_processes` of it on this host.
+
+    No restarts: a failed rank fails the Dagster step, and the rerun resumes from the last checkpoint.
+    """
     if num_processes <= 1:
         return [sys.executable, "-m", module]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
+        sys.executable, "-m", LAUNCHER_MODULE, "--standalone", f"--nproc-per-node={num_processes}", "--max-restarts=0",
         "-m", module,
     ]
 
 
-def launch_env(num_processes: int) -> dict[str, str]:
-    return dict(MULTI_GPU_ENV) if num_processes > 1 else {}
+def launch_env(num_processes: int, failure_file: str | os.PathLike | None = None) -> dict[str, str]:
+    if num_processes <= 1:
+        return {}
+    return {**MULTI_GPU_ENV, **({FAILURE_FILE_ENV: str(failure_file)} if failure_file else {})}
+
+
+def torchrun_main(argv: list[str]) -> None:
+    """torchrun, which also writes the first failed rank (rank, exit code, signal, error) as JSON to the file that
+    MEDCOT_TORCHRUN_FAILURE_FILE names, so the step can say which process failed and why.
+
+    torchrun's agent stops every other rank when one exits non-zero (none is left waiting in a collective) and
+    prints the same report to stderr; a rank killed by a signal leaves no error file of its own.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except ChildFailedError as err:
+        failure_file = os.environ.get(FAILURE_FILE_ENV)
+        if failure_file:
+            rank, failure = err.get_first_failure()
+            message = failure.message  # a signal's description, or the rank's error file (training/run.py records it)
+            if isinstance(message, dict):
+                message = message.get("extraInfo", {}).get("py_callstack") or message.get("message", "")
+            report = RankFailure(
+                rank=rank, exitcode=failure.exitcode, signal=failure.signal_name() if failure.exitcode < 0 else None,
+                message=str(message)[-4000:], processes=len(err.failures),
+            )
+            Path(failure_file).write_text(json.dumps(asdict(report)))
+        raise
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """The first rank that failed, as torchrun observed it."""
+
+    rank: int
+    exitcode: int
+    signal: str | None
+    message: str
+    processes: int  # how many ranks torchrun recorded as failed (the first, and any that failed before it stopped them)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RankFailure | None:
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def describe(self) -> str:
+        how = f"killed by {self.signal}" if self.signal else f"exit code {self.exitcode}"
+        return f"rank {self.rank} failed first ({how})"
+
+
+def cpu_process_group() -> bool:
+    """Whether this process is one of several torchrun ranks on a host without CUDA (what the CPU tests run).
+
+    accelerate joins such ranks into a gloo group only when told to use the CPU (TrainingArguments.use_cpu);
+    otherwise each would train alone on all the rows. It would also name each rank's device "cpu:<rank>",
+    which torch.load cannot map a checkpoint to when resuming; ACCELERATE_TORCH_DEVICE makes it plain "cpu".
+    """
+    import torch
+
+    if torch.cuda.is_available() or world_size() <= 1:
+        return False
+    os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    return True
 
 
 def world_size() -> int:
@@ -52,8 +194,5 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def per_process_accumulation(accumulation: int, processes: int) -> tuple[int, bool]:
-    """Accumulation steps per process that keep the global batch (batch x accumulation x processes) as configured,
-    and whether that was exact."""
-    per_process = max(1, round(accumulation / processes))
-    return per_process, per_process * processes == accumulation
+if __name__ == "__main__":
+    torchrun_main(sys.argv[1:])

@@ -17,6 +17,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from medcot_pipeline.settings import TrainingSettings
+from medcot_pipeline.training import distributed
 from medcot_pipeline.training.sft_data import to_training_dataset
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def build_sft_config(
         bf16=bf16,
         fp16=cuda and not bf16,
         gradient_checkpointing=settings.gradient_checkpointing,
+        # Several ranks without CUDA (the CPU tests): a gloo group, not ranks training alone on all the rows.
+        use_cpu=distributed.cpu_process_group(),
         # LoRA trains every adapter on every step: DDP need not search the graph for unused parameters.
         ddp_find_unused_parameters=False,
         # logging, evaluation, checkpoints

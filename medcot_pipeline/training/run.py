@@ -41,8 +41,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     eval_frame = read_split(job.splits_dir, "validation", TRAINING_COLUMNS)
     log.info(
         f"training {job.base_model.name} with {backend} in {processes} process(es): {len(train_frame)} training and "
-        f"{len(eval_frame)} validation records, {settings.max_steps} steps of "
-        f"{job.settings.per_device_train_batch_size} x {job.settings.gradient_accumulation_steps} x {processes} rows"
+        f"{len(eval_frame)} validation records, {settings.max_steps} steps, {global_batch(settings, processes).describe()}"
     )
 
     # One W&B run for the whole job: only rank 0 reports.
@@ -74,6 +73,9 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             backend=backend,
             base_weights=base_weights(trainer.model),
             processes=processes,
+            global_batch_rows=global_batch(settings, processes).global_batch,
+            per_process_batch=settings.per_device_train_batch_size,
+            per_process_accumulation=settings.gradient_accumulation_steps,
             hardware=hardware_name(processes),
             base_model=job.base_model,
             dataset=job.dataset,
@@ -119,16 +121,23 @@ def base_weights(model) -> str:
 
 
 def per_process_settings(settings: TrainingSettings, processes: int, log) -> TrainingSettings:
-    """What each of `processes` data-parallel processes runs so that the global batch stays as configured."""
+    """What each of `processes` data-parallel processes runs: the configured rows a step, shared evenly
+    (distributed.split_global_batch), so steps and learning rate keep their meaning on any number of GPUs."""
     if processes <= 1:
         return settings
-    accumulation, exact = distributed.per_process_accumulation(settings.gradient_accumulation_steps, processes)
-    if not exact:
-        log.warning(
-            f"gradient_accumulation_steps {settings.gradient_accumulation_steps} does not divide by {processes} processes; "
-            f"using {accumulation} per process, a global batch of {settings.per_device_train_batch_size * accumulation * processes}"
-        )
-    return settings.model_copy(update={"gradient_accumulation_steps": accumulation})
+    split = distributed.split_global_batch(settings.per_device_train_batch_size, settings.gradient_accumulation_steps, processes)
+    return settings.model_copy(
+        update={"per_device_train_batch_size": split.per_device_batch, "gradient_accumulation_steps": split.accumulation}
+    )
+
+
+def global_batch(per_process: TrainingSettings, processes: int) -> distributed.BatchSplit:
+    """The batch layout that `per_process` settings give over `processes` processes."""
+    return distributed.BatchSplit(
+        processes=max(1, processes),
+        per_device_batch=per_process.per_device_train_batch_size,
+        accumulation=per_process.gradient_accumulation_steps,
+    )
 
 
 def torch_out_of_memory() -> type[BaseException]:
@@ -305,4 +314,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Under torchrun, a rank's exception goes into its error file, so torchrun's report (and the step's error) carries it.
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(main)()

@@ -26,7 +26,17 @@ def lora_adapter(
     from medcot_pipeline.training import run as training_process
 
     splits = SplitsSummary.read(formatted_splits)
-    processes = distributed.resolve_num_processes(config.num_gpus)
+    rows = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    processes = distributed.resolve_num_processes(config.num_gpus, rows)
+    try:
+        split = distributed.split_global_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, processes)
+    except distributed.BatchSplitError as err:
+        raise dg.Failure(f"lora_adapter: {err}") from err
+    if config.num_gpus == 0 and processes < distributed.visible_gpus():
+        context.log.warning(
+            f"{distributed.visible_gpus()} GPUs are visible but {rows} rows a step split evenly over {processes} of them; "
+            f"training on {processes} so the global batch stays {rows}"
+        )
     base = base_model.ref(artifacts)
     splits_sha256 = file_sha256(split_path(formatted_splits, "train"))
     # Same settings and same data -> same checkpoint directory, so a rerun after a crash resumes.
@@ -54,11 +64,23 @@ def lora_adapter(
         )
         command = distributed.launch_command(processes, training_process.__name__)
         if processes > 1:
-            context.log.info(f"training data-parallel in {processes} processes: {' '.join(command)}")
-        result = pipes_subprocess_client.run(
-            command=command, context=context, extras=job.model_dump(mode="json"),
-            env={**wandb.env(), **distributed.launch_env(processes)},
-        ).get_materialize_result()
+            context.log.info(f"training data-parallel, {split.describe()}: {' '.join(command)}")
+        failure_file = staging / "torchrun_failure.json"
+        try:
+            result = pipes_subprocess_client.run(
+                command=command, context=context, extras=job.model_dump(mode="json"),
+                env={**wandb.env(), **distributed.launch_env(processes, failure_file)},
+            ).get_materialize_result()
+        except Exception as err:
+            failure = distributed.RankFailure.read(failure_file)
+            if failure is None:  # one process, or a failure outside the ranks: Pipes' own error says it
+                raise
+            raise dg.Failure(
+                f"data-parallel training failed: {failure.describe()}; torchrun stopped all {processes} processes. "
+                f"Checkpoints so far are kept in {checkpoint_dir}: rerun to resume from the last one.",
+                metadata={"failed_rank": failure.rank, "exitcode": failure.exitcode, "signal": failure.signal or "",
+                          "error": dg.MetadataValue.text(failure.message)},
+            ) from err
         if not (staging / "adapter" / "adapter_config.json").exists():
             raise dg.Failure(f"training finished without writing an adapter to {staging / 'adapter'}")
     adapter_dir = artifacts.version_dir("lora_adapter", context.run_id) / "adapter"
@@ -71,6 +93,7 @@ def lora_adapter(
             "content_sha256": tree_sha256(adapter_dir),
             "base_model": base_model.name,
             "processes": processes,
+            "global_batch_rows": split.global_batch,
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
         },
     )
