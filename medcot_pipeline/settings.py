@@ -54,7 +54,9 @@ class TrainingSettings(Settings):
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     max_steps: int = Field(default=200, ge=1)
-    per_device_train_batch_size: int = Field(default=1, ge=1)
+    per_device_train_batch_size: int = Field(
+        default=1, ge=1, description="Rows a micro-batch on one GPU; on several, they share the same rows a step (see num_gpus)."
+    )
     gradient_accumulation_steps: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1e-5, gt=0)
     lr_scheduler_type: str = "linear"
