@@ -13,11 +13,13 @@ ranks, so the gradient of a step is the one-GPU gradient of the same rows.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+import pydantic
 
 # NVLink multicast can take a shared host's GPUs out of service; NCCL, PyTorch and NVSHMEM all keep it off.
 MULTI_GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -132,31 +134,26 @@ def torchrun_main(argv: list[str]) -> None:
                 message = message.get("extraInfo", {}).get("py_callstack") or message.get("message", "")
             report = RankFailure(
                 rank=rank, exitcode=failure.exitcode, signal=failure.signal_name() if failure.exitcode < 0 else None,
-                message=str(message)[-4000:], processes=len(err.failures),
+                message=str(message)[-4000:], failed_ranks=sorted(err.failures),
             )
-            Path(failure_file).write_text(json.dumps(asdict(report)))
+            Path(failure_file).write_text(report.model_dump_json())
         raise
 
 
-@dataclass(frozen=True)
-class RankFailure:
-    """The first rank that failed, as torchrun observed it."""
+class RankFailure(pydantic.BaseModel):
+    """The first rank that failed, as torchrun observed it: written by the launcher, read by the Dagster step."""
 
     rank: int
     exitcode: int
-    signal: str | None
-    message: str
-    processes: int  # how many ranks torchrun recorded as failed (the first, and any that failed before it stopped them)
+    signal: Optional[str] = None
+    message: str = ""
+    failed_ranks: list[int] = []  # every rank torchrun saw fail before it stopped the others
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RankFailure | None:
+        """The report, or None when the launcher wrote none (one process, or torchrun itself failed)."""
         path = Path(path)
-        if not path.is_file():
-            return None
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+        return cls.model_validate_json(path.read_text()) if path.is_file() else None
 
     def describe(self) -> str:
         how = f"killed by {self.signal}" if self.signal else f"exit code {self.exitcode}"
