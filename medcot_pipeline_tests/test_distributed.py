@@ -179,6 +179,8 @@ def test_two_gloo_processes_share_the_batch_and_only_rank_zero_writes(tiny_llama
     assert not (tmp_path / "failure.json").exists()
     assert len(list((tmp_path / "wandb").rglob("run-*.wandb"))) == 1  # one W&B run, not one per rank
     assert sorted(p.name for p in Path(tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    # Rank 1 adds only its RNG state to rank 0's checkpoint (the two ranks formed one gloo group).
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "checkpoint-2").glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
 
 
 # ---------------------------------------------------------------- a rank killed mid-run, then the rerun
