@@ -1,10 +1,11 @@
-"""Is grouped_sdpa as accurate as stock sdpa on the GPU, in bf16, at the benchmark's shape?
+"""Are grouped_sdpa and grouped_triton as accurate as stock sdpa on the GPU, in bf16, at the benchmark's shape?
 
 Random Llama-3.2-3B weights, 100 real questions left padded in one batch. Three chains decode from their own
 prefill and KV cache, fed the same tokens step after step: a float32 copy of the model with stock sdpa (the
-reference, whose greedy choice feeds all three), and the bf16 model with stock sdpa and with grouped_sdpa.
-Two bf16 kernels never agree bit for bit, so the question is whether grouped_sdpa strays from the float32
-reference more than stock sdpa does; the JSON gives both errors and how often each picks the reference's token.
+reference, whose greedy choice feeds the others), and the bf16 model with stock sdpa, with grouped_sdpa and (on
+CUDA) with the grouped_triton decode kernel. Two bf16 kernels never agree bit for bit, so the question is whether
+the grouped ones stray from the float32 reference more than stock sdpa does; the JSON gives every chain's error
+and how often each picks the reference's token.
 
     python benchmarks/attention_parity.py --steps 32 --out attention_parity.json
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from random_model import DEFAULT_CONFIG, DEFAULT_RECORDS, TINY_SHAPE, llama32_instruct_tokenizer, load_questions  # noqa: E402
-from medcot_pipeline import grouped_attention  # noqa: E402
+from medcot_pipeline.evaluation import grouped_attention  # noqa: E402
 from medcot_pipeline.evaluation.generation import encode_prompt  # noqa: E402
 
 
@@ -53,6 +54,10 @@ def main(argv=None) -> int:
     batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt").to(device)
     mask = batch["attention_mask"]
     chains = {"reference": (reference, "sdpa"), "sdpa": (model, "sdpa"), grouped_attention.NAME: (model, grouped_attention.NAME)}
+    if device == "cuda":
+        from medcot_pipeline.evaluation import decode_attention
+
+        chains[decode_attention.register()] = (model, decode_attention.NAME)
 
     def step(chain: str, ids, cache):
         net, attention = chains[chain]
@@ -93,6 +98,7 @@ def main(argv=None) -> int:
             for name in errors
         },
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
     return 0

@@ -46,7 +46,7 @@ class FormattingSettings(Settings):
 
 class TrainingSettings(Settings):
     backend: Literal["auto", "transformers", "unsloth"] = Field(
-        default="auto", description="auto: Unsloth on one CUDA GPU when installed, else transformers + PEFT."
+        default="auto", description="auto: Unsloth on CUDA when installed (one GPU or data-parallel), else transformers + PEFT."
     )
     load_in_4bit: bool = True
     lora_r: int = Field(default=16, ge=1)
@@ -66,6 +66,11 @@ class TrainingSettings(Settings):
     packing: bool = False
     padding_free: bool = False
     gradient_checkpointing: bool = True
+    packed_attention: Literal["varlen", "per_record"] = Field(
+        default="varlen",
+        description="Unsloth, packed rows: one flash-varlen call per layer, or one SDPA call per record (Unsloth's own "
+        "choice on torch 2.11). Both attend within each record only (benchmarks/train_throughput.py --check-varlen).",
+    )
     eval_steps: Optional[int] = Field(default=50, ge=1, description="Evaluate on the validation split every N steps; null turns it off.")
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last one.")
@@ -108,9 +113,10 @@ class GenerationSettings(Settings):
         default="auto",
         description="auto is transformers: it generated 5.5x faster than Unsloth's inference mode on an H100 (benchmarks/README.md).",
     )
-    attention: Literal["grouped_sdpa", "sdpa"] = Field(
+    attention: Literal["grouped_sdpa", "grouped_triton", "sdpa"] = Field(
         default="grouped_sdpa",
-        description="grouped_sdpa: sdpa without copying K/V to every query head while decoding; 2.4x faster on an H100 at batch 100.",
+        description="grouped_sdpa: sdpa without copying K/V to every query head while decoding; 2.4x faster on an H100 at batch 100. "
+        "grouped_triton: a Triton decode kernel that also skips the masked (padding, unwritten) part of a static cache.",
     )
     kv_cache: Literal["dynamic", "static"] = Field(
         default="dynamic", description="static: preallocated KV cache, 1.7x faster than dynamic on an H100 at batch 100."

@@ -156,3 +156,48 @@ def test_release_gate_applies_the_thresholds_the_run_was_configured_with(tmp_pat
 def test_release_gate_without_a_base_judges_compliance_only(tmp_path):
     result = release_gate(str(write_report(tmp_path, 0.0, 1.0, None)))
     assert result.passed and result.metadata["base_rouge_l"].value == "not measured"
+
+
+def test_the_base_model_answers_through_the_fine_tuned_models_module(tiny_llama_dir, validation, tmp_path, monkeypatch):
+    """Same shapes: the second model's weights are copied into the first model object (its compiled graph stays)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medcot_pipeline.evaluation import report as evaluation_report
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_llama_dir, other)
+    weights = load_file(other / "model.safetensors")
+    torch.manual_seed(1)
+    save_file({name: tensor + 0.05 * torch.randn_like(tensor) for name, tensor in weights.items()}, other / "model.safetensors")
+
+    seen = []
+    real_generate = evaluation_report.generate_answers
+
+    def spy(model, tokenizer, questions, config, **kwargs):
+        seen.append((id(model), model.model.embed_tokens.weight.detach().clone()))
+        return real_generate(model, tokenizer, questions, config, **kwargs)
+
+    monkeypatch.setattr(evaluation_report, "generate_answers", spy)
+    config = EvaluationSettings(batch_size=2, max_new_tokens=3, continuation_tokens=0)
+    write_rouge_report(str(tiny_llama_dir), str(other), validation, config, tmp_path / "report")
+    (first_id, first_embed), (second_id, second_embed) = seen
+    assert first_id == second_id  # one module answered for both
+    assert torch.equal(first_embed, load_file(tiny_llama_dir / "model.safetensors")["model.embed_tokens.weight"])
+    expected = load_file(other / "model.safetensors")["model.embed_tokens.weight"]
+    assert torch.equal(second_embed, expected) and not torch.equal(first_embed, second_embed)
+
+
+def test_models_of_other_shapes_are_loaded_afresh(tiny_llama_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from medcot_pipeline.evaluation.report import same_shapes
+
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    assert same_shapes(config, str(tiny_llama_dir))
+    wider = AutoConfig.from_pretrained(tiny_llama_dir)
+    wider.intermediate_size *= 2
+    assert not same_shapes(wider, str(tiny_llama_dir))
+    assert not same_shapes(config, str(tmp_path / "missing"))

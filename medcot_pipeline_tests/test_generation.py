@@ -4,6 +4,7 @@ import logging
 import shutil
 
 import pytest
+import torch
 
 from medcot_pipeline.settings import EvaluationSettings
 from medcot_pipeline.evaluation.generation import (
@@ -105,3 +106,41 @@ def test_an_overlong_question_loses_its_middle_with_a_warning(loaded, caplog):
         run = generate_answers(model, tokenizer, [question], config, max_prompt_tokens=96)
     assert run.answers[0].prompt_truncated
     assert any("question 0" in r.message and "cut the middle" in r.message for r in caplog.records)
+
+
+def _forcing(prompt: list[int], start: list[int], forced: list[int]) -> dict:
+    """transformers sequence_bias entries that make greedy decoding emit `forced` right after `start`."""
+    bias, context = {}, prompt + start
+    for token in forced:
+        bias[tuple(context[-8:] + [token])] = 1e4
+        context = context + [token]
+    return bias
+
+
+def test_an_answer_closed_before_the_limit_ends_there_in_the_same_pass(loaded):
+    model, tokenizer = loaded
+    prompt = encode_prompt(tokenizer, QUESTIONS[0], None)[0]
+    free = generate_token_ids(model, tokenizer, [prompt], batch_size=1, max_new_tokens=4, do_sample=False)[0][0]
+    close = tokenizer("</response>", add_special_tokens=False)["input_ids"]
+    bias = _forcing(prompt, free[:1], close)  # </response> right after the first token, and no stop token
+    limit = 1 + len(close) + 2
+    config = EvaluationSettings(batch_size=1, max_new_tokens=limit, continuation_tokens=5)
+    answer = generate_answers(model, tokenizer, QUESTIONS[:1], config, sequence_bias=bias).answers[0]
+    # As before the single pass: not continued, cut at max_new_tokens, not truncated (the response is closed).
+    assert "</response>" in answer.text
+    assert (answer.new_tokens, answer.continued, answer.truncated) == (limit, False, False)
+
+
+def test_the_stop_check_is_deferred_on_cuda_only(monkeypatch):
+    from transformers.generation.utils import DeferredStopCheck
+
+    from medcot_pipeline.evaluation.generation import defer_stop_check
+
+    original = DeferredStopCheck.__dict__["is_supported"]
+    monkeypatch.setattr(DeferredStopCheck, "is_supported", original)
+    defer_stop_check(True)
+    assert DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)
+    assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, True)  # an assistant model: never
+    assert not DeferredStopCheck.is_supported(torch.device("cpu"), None, False, False)  # transformers' own rule
+    defer_stop_check(False)
+    assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)

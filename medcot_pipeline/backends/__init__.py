@@ -32,13 +32,16 @@ def resolve_backend(requested: str, purpose: Purpose, processes: int = 1) -> Bac
     """The backend for `purpose`.
 
     - "transformers" is always honoured; "unsloth" is honoured where it can run (CUDA, the package) and fails here otherwise.
-    - "auto" picks Unsloth for training on one CUDA GPU when it is installed: its kernels trained 2x faster than
-      transformers + PEFT on the t4 profile (benchmarks/README.md). Everything else gets transformers: generation
-      with transformers and grouped_sdpa ran 5.5x faster than Unsloth's inference mode, merging is exact either way,
-      and Unsloth 2026.10.9 trains data-parallel only through its own launcher (README: several GPUs).
+    - "auto" picks Unsloth for training on CUDA when it is installed, on one GPU or data-parallel under torchrun
+      (Unsloth 2026.10.9 pins each rank to its own GPU and handles DDP itself; `processes` no longer changes the
+      answer): its kernels trained 2x faster than transformers + PEFT on the t4 profile (benchmarks/README.md).
+      Everything else gets transformers: generation with transformers and grouped_sdpa ran 5.5x faster than
+      Unsloth's inference mode, and merging is exact either way.
     """
     if requested not in ("auto", "transformers", "unsloth"):
         raise BackendError(f"backend must be auto, transformers or unsloth, not {requested!r}")
+    if processes < 1:
+        raise BackendError(f"processes must be at least 1, not {processes}")
     if requested == "transformers":
         return "transformers"
     if requested == "unsloth":
@@ -46,19 +49,25 @@ def resolve_backend(requested: str, purpose: Purpose, processes: int = 1) -> Bac
             raise BackendError("backend 'unsloth' needs the unsloth package: pip install -e '.[gpu]'")
         if not cuda_available():
             raise BackendError("backend 'unsloth' needs a CUDA GPU; use backend: transformers on this machine")
-        if purpose == "training" and processes > 1:
-            raise BackendError(
-                f"backend 'unsloth' trains on one GPU here; with {processes} processes use backend: auto or transformers"
-            )
         return "unsloth"
-    if purpose == "training" and processes == 1 and cuda_available() and unsloth_installed():
+    if purpose == "training" and cuda_available() and unsloth_installed():
         return "unsloth"
     return "transformers"
 
 
 def prepare(backend: Backend) -> None:
-    """Import Unsloth before transformers, TRL and PEFT when it is the backend, so that its patches apply to them."""
+    """Import Unsloth before transformers, TRL and PEFT when it is the backend, so that its patches apply to them.
+
+    Under torchrun each rank first selects the GPU of its local rank: Unsloth probes the current device while it
+    is imported, and every rank would otherwise start a context on GPU 0.
+    """
     if backend == "unsloth":
+        from medcot_pipeline.training.distributed import local_rank, world_size
+
+        if world_size() > 1 and cuda_available():
+            import torch
+
+            torch.cuda.set_device(local_rank())
         try:
             import unsloth  # noqa: F401
         except ImportError as err:

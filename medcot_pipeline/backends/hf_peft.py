@@ -58,6 +58,10 @@ def model_for_inference(model_ref: str, adapter_dir: str | None, torch_dtype, de
 
     if attention == grouped_attention.NAME:
         grouped_attention.register()
+    elif attention == "grouped_triton":
+        from medcot_pipeline.evaluation import decode_attention  # imports Triton: only when asked for
+
+        decode_attention.register()
     model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch_dtype, device_map=str(device), attn_implementation=attention)
     if adapter_dir is not None:
         from peft import PeftModel

@@ -220,29 +220,95 @@ def sampling_kwargs(config: GenerationSettings) -> dict:
     return {"do_sample": False}
 
 
+class _EndClosedAnswersAtLimit:
+    """A `StoppingCriteria` for one batch: at `limit` new tokens, end the rows whose text has closed </response>.
+
+    This makes one `generate` call of max_new_tokens + continuation_tokens behave like answering with
+    max_new_tokens and then continuing only the answers still open: the closed ones stop at the limit, the
+    open ones run on. One pass instead of two keeps a single cache shape (no second prefill or compile).
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, limit: int):
+        self.tokenizer, self.prompt_length, self.limit = tokenizer, prompt_length, limit
+        self.closed_at_limit: list[bool] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        # A host-side length: the decode only runs (and waits for the device) once, at the limit.
+        if input_ids.shape[1] - self.prompt_length == self.limit:
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+            self.closed_at_limit = [RESPONSE_CLOSE in text for text in texts]
+            done |= torch.tensor(self.closed_at_limit, dtype=torch.bool, device=input_ids.device)
+        return done
+
+
+# Read by generate_token_ids; a benchmark turns it off to measure what it is worth.
+DEFER_STOP_CHECK_ON_CUDA = True
+
+
+def defer_stop_check(enabled: bool = True) -> None:
+    """Let transformers read "have all rows stopped?" one decode step late on CUDA too, as it does on MPS.
+
+    transformers 5.17 asks the device after every step whether every row has finished (`StopCheck`), so the
+    host idles until the step is done before it can queue the next one; `DeferredStopCheck` reads the
+    previous step's answer instead and undoes the one extra step it may run. Only the timing changes: the
+    tokens are the same. transformers enables it on MPS only; this widens that to CUDA (its own other
+    conditions kept: no assistant model, a cache that is dropped or can be cropped).
+    """
+    from transformers.generation import utils as generation_utils
+
+    checker = generation_utils.DeferredStopCheck
+    original = checker.__dict__.get("_medcot_original") or checker.__dict__["is_supported"]
+    checker._medcot_original = original
+
+    def on_cuda_too(device, cache, cache_is_returned, is_assistant):
+        if device.type != "cuda":
+            return original.__func__(device, cache, cache_is_returned, is_assistant)
+        if is_assistant:
+            return False
+        return cache is None or cache.is_croppable or not cache_is_returned
+
+    checker.is_supported = staticmethod(on_cuda_too) if enabled else original
+
+
 def generate_token_ids(
-    model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, **generate_kwargs
+    model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, end_closed_at: int | None = None,
+    **generate_kwargs,
 ) -> list[tuple[list[int], bool]]:
     """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
 
     Prompts are batched by length (left padded) so that a batch wastes little on padding; the ids are cut
-    after the first stop token, which also drops the padding of samples that finished early.
+    after the first stop token, which also drops the padding of samples that finished early. With
+    `end_closed_at`, rows whose text has closed </response> after that many new tokens end there.
     """
     stop_ids = stop_token_ids(model, tokenizer)
+    if model.device.type == "cuda":
+        defer_stop_check(DEFER_STOP_CHECK_ON_CUDA)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: dict[int, tuple[list[int], bool]] = {}
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         inputs = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
         inputs = inputs.to(model.device)
+        criteria = {}
+        ending = None
+        if end_closed_at is not None:
+            from transformers import StoppingCriteriaList
+
+            ending = _EndClosedAnswersAtLimit(tokenizer, inputs["input_ids"].shape[1], end_closed_at)
+            criteria["stopping_criteria"] = StoppingCriteriaList([ending])
         with torch.inference_mode():
             output = model.generate(
-                **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer, **generate_kwargs
+                **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+                **criteria, **generate_kwargs,
             )
         new = output[:, inputs["input_ids"].shape[1] :].tolist()
-        for index, ids in zip(batch, new):
+        for row, (index, ids) in enumerate(zip(batch, new)):
             end = next((pos for pos, token in enumerate(ids) if token in stop_ids), None)
-            results[index] = (ids, False) if end is None else (ids[: end + 1], True)
+            if ending is not None and ending.closed_at_limit is not None and ending.closed_at_limit[row] and (end is None or end >= end_closed_at):
+                results[index] = (ids[:end_closed_at], False)  # ended at the limit by the rule above, not by a stop token
+            else:
+                results[index] = (ids, False) if end is None else (ids[: end + 1], True)
     return [results[i] for i in range(len(prompts))]
 
 
@@ -258,6 +324,7 @@ def generate_answers(
 ) -> GenerationRun:
     """Answer every question; an answer that reaches max_new_tokens with </response> still open gets
     `config.continuation_tokens` more, and is flagged truncated if that does not close it either.
+    Both happen in one `generate` call per batch (`_EndClosedAnswersAtLimit` ends the closed answers at the limit).
 
     `generate_kwargs` reach `model.generate` (e.g. cache_implementation="static"); the sampling
     settings come from `config`.
@@ -270,23 +337,18 @@ def generate_answers(
     kwargs = {**sampling_kwargs(config), **generate_kwargs}
 
     started = time.perf_counter()
-    first = generate_token_ids(
+    limit, more = config.max_new_tokens, config.continuation_tokens
+    generated = generate_token_ids(
         model, tokenizer, prompts, batch_size=config.batch_size, streamer=streamer,
-        max_new_tokens=config.max_new_tokens, **kwargs,
+        max_new_tokens=limit + more, end_closed_at=limit if more > 0 else None, **kwargs,
     )
-    new_ids = [ids for ids, _ in first]
-    stopped = [done for _, done in first]
+    new_ids = [ids for ids, _ in generated]
+    stopped = [done for _, done in generated]
+    # Continued: it reached max_new_tokens without a stop token and with </response> still open.
     open_at_limit = [
-        i for i, (ids, done) in enumerate(first) if not done and RESPONSE_CLOSE not in tokenizer.decode(ids)
+        i for i, ids in enumerate(new_ids)
+        if len(ids) >= limit and not (stopped[i] and len(ids) == limit) and RESPONSE_CLOSE not in tokenizer.decode(ids[:limit])
     ]
-    if open_at_limit and config.continuation_tokens > 0:
-        more = generate_token_ids(
-            model, tokenizer, [prompts[i] + new_ids[i] for i in open_at_limit], batch_size=config.batch_size,
-            streamer=streamer, max_new_tokens=config.continuation_tokens, **kwargs,
-        )
-        for i, (ids, done) in zip(open_at_limit, more):
-            new_ids[i] = new_ids[i] + ids
-            stopped[i] = done
     wall = time.perf_counter() - started
 
     continued = set(open_at_limit) if config.continuation_tokens > 0 else set()

@@ -49,10 +49,12 @@ def write_rouge_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores: dict[str, ModelScores] = {}
+    # The model that answered last, kept so that the next one can take over its compiled graph.
+    kept: dict = {}
     with open(out_dir / SAMPLES_FILE, "w", encoding="utf-8") as samples:
         for label, reference in models.items():
             log.info(f"{label}: answering {len(rows)} validation question(s) with {reference}")
-            run, choices = _answer(reference, questions, validation, config)
+            run, choices = _answer(reference, questions, validation, config, kept, log)
             scores[label] = ModelScores(
                 **summarize(run.answers, rows),
                 mc_accuracy=choices.accuracy,
@@ -70,6 +72,8 @@ def write_rouge_report(
                 f"{run.tokens_per_second:.1f} generated tokens/s, multiple-choice accuracy "
                 f"{'n/a' if choices.accuracy is None else f'{choices.accuracy:.2%}'} (n={choices.n})"
             )
+    kept.clear()
+    _release_memory()
     report = EvaluationReport(
         n=len(rows), models=models, merged_model_dir=str(merged_model_path), settings=config,
         fine_tuned=scores["fine_tuned"], base=scores.get("base"), code_version=code_version,
@@ -79,19 +83,76 @@ def write_rouge_report(
 
 
 def _answer(
-    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings
+    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings, kept: dict, log
 ) -> tuple[GenerationRun, MultipleChoiceScores]:
-    """Load, answer, score the options, free: only one model is ever in memory, and each is loaded once."""
+    """Load `reference` (once), answer, score the options; `kept["model"]` is left holding the model that answered.
+
+    When `kept` holds a model of the same architecture and tensor shapes, the new weights are copied into it and
+    it answers again: with the static cache its compiled decode step and CUDA graphs are reused as they are (the
+    same module, the same parameter addresses), so the second model pays no compilation. Otherwise the kept
+    model is freed first, and only one model is ever in memory.
+    """
+    target = kept.pop("model", None)
+    if target is not None and not same_shapes(target.config, reference, log):
+        target = None
+        _release_memory()
     model, tokenizer = load_for_inference(reference, backend=config.inference_backend, attention=config.attention)
+    if target is not None and not takes_weights_of(target, model, log):
+        target = None
+        _release_memory()
+    if target is not None:
+        with torch.no_grad():
+            target.load_state_dict(model.state_dict(), strict=True)
+        target.generation_config = model.generation_config
+        log.info("the previous model's compiled graph answers, with these weights copied into it")
+        model = target
+        target = None
+        _release_memory()
     cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
+    run = generate_answers(model, tokenizer, questions, config, **cache)
+    choices = score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
+    kept["model"] = model
+    return run, choices
+
+
+def same_shapes(config, reference: str, log=logging) -> bool:
+    """Whether `reference` (a model directory or id) has the same architecture and layer shapes as `config`,
+    in plain (unquantized) weights on both sides: a cheap check before the second model is loaded."""
+    from transformers import AutoConfig
+
     try:
-        run = generate_answers(model, tokenizer, questions, config, **cache)
-        return run, score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
-    finally:
-        del model, tokenizer
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        other = AutoConfig.from_pretrained(reference)
+    except (OSError, ValueError):
+        return False
+    keys = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim")
+    mine, theirs = config.to_dict(), other.to_dict()
+    differ = {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
+    if any(getattr(c, "quantization_config", None) for c in (config, other)):
+        differ["quantization_config"] = "present"
+    if differ:
+        log.info(f"loading {reference} as a model of its own (differs in {differ})")
+    return not differ
+
+
+def takes_weights_of(target, source, log=logging) -> bool:
+    """Whether `source`'s weights can be copied into `target` one for one: the same tensor names and shapes, and
+    no tied embedding in `target` that `source` keeps as two different matrices."""
+    mine = {name: tuple(t.shape) for name, t in target.state_dict().items()}
+    theirs = {name: tuple(t.shape) for name, t in source.state_dict().items()}
+    target_tied = getattr(target.config, "tie_word_embeddings", False)
+    source_tied = getattr(source.config, "tie_word_embeddings", False)
+    if mine != theirs or (target_tied and not source_tied):
+        differ = sorted(set(mine.items()) ^ set(theirs.items()))[:4]
+        log.info(f"loading the next model as a model of its own (tensors differ: {differ}, tied {target_tied}/{source_tied})")
+        return False
+    return True
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores) -> list[dict]:

@@ -69,8 +69,11 @@ def build_sft_config(
         gradient_checkpointing=settings.gradient_checkpointing,
         # Several ranks without CUDA (the CPU tests): a gloo group, not ranks training alone on all the rows.
         use_cpu=distributed.cpu_process_group(),
-        # LoRA trains every adapter on every step: DDP need not search the graph for unused parameters.
+        # LoRA trains every adapter on every step: DDP need not search the graph for unused parameters
+        # (transformers would pass True for a PEFT model, an extra pass over the graph every step).
         ddp_find_unused_parameters=False,
+        # Llama's only buffers are RoPE tables, computed identically on every rank: nothing to broadcast each step.
+        ddp_broadcast_buffers=False,
         # logging, evaluation, checkpoints
         logging_steps=settings.logging_steps,
         include_num_input_tokens_seen="non_padding",

@@ -33,6 +33,11 @@ def rouge_report(
     base_model: BaseModelResource,
 ) -> dg.Output[str]:
     """ROUGE-L, format compliance and truncation for base vs fine-tuned on the validation split."""
+    import os
+
+    # torch.compile's caches under the artifacts root: a later run of this step (same model shapes) reuses the
+    # compiled decode step instead of compiling it again.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(artifacts.path("torch_compile_cache")))
     from medcot_pipeline.evaluation.report import write_rouge_report
     from medcot_pipeline.evaluation.scores import comparison_table
 
