@@ -6,20 +6,25 @@ from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
 from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
 
 
-@pytest.mark.parametrize("name", ["demo", "t4", "h100"])
+@pytest.mark.parametrize("name", ["demo", "t4", "h100", "h100-multi"])
 def test_shipped_profiles_load(name):
     profile = read_profile(PROFILES_DIR / f"{name}.yaml")
-    assert profile_settings("lora_adapter", profile).lora_r == 16
+    training = profile_settings("lora_adapter", profile)
+    # alpha / r = 2 in every shipped profile: the update's scale does not change with the rank.
+    assert training.lora_alpha == 2 * training.lora_r
 
 
-def test_t4_profile_is_the_seed():
+def test_t4_profile_keeps_the_seed_layout_with_the_evidence_s_training_values():
     profile = read_profile(PROFILES_DIR / "t4.yaml")
     training = profile_settings("lora_adapter", profile)
     assert profile.resource_values("base_model")["name"] == "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (1, 8)
-    assert (training.learning_rate, training.max_steps, training.eval_steps) == (1e-5, 200, 50)
-    assert (training.lora_r, training.lora_alpha, training.lora_dropout) == (16, 32, 0.05)
+    assert (training.load_in_4bit, training.gradient_checkpointing, training.max_steps, training.eval_steps) == (True, True, 200, 50)
     assert profile.resource_values("base_model")["max_seq_length"] == 1024
+    # benchmarks/results/quality_on_gpu.json: r64 / alpha 128 and lr 1e-3 on the h100 layout, / sqrt(3) here.
+    h100 = profile_settings("lora_adapter", read_profile(PROFILES_DIR / "h100.yaml"))
+    assert (training.lora_r, training.lora_alpha) == (h100.lora_r, h100.lora_alpha) == (64, 128)
+    assert training.learning_rate == pytest.approx(h100.learning_rate / 3**0.5, rel=0.01)
 
 
 @pytest.mark.parametrize(
