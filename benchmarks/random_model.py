@@ -46,6 +46,10 @@ def build_random_checkpoint(config_path: Path, tokenizer, target: Path, *, tiny:
     config = AutoConfig.from_pretrained(config_path)
     if tiny:
         config.update(TINY_SHAPE)
+    # The Llama-3.2 tokenizer on PyPI is the Vision model's: one more token (<|image|>, id 128256) than the text
+    # model's 128,256 rows. Give the random model that row, so that training does not grow the fine-tuned copy's
+    # vocabulary and rouge_report can answer with both models through one compiled graph, as it can for users.
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     torch.manual_seed(0)
     # Initialised on the GPU: a 3B model's random init takes minutes on the CPU.
