@@ -124,6 +124,12 @@ class GenerationSettings(Settings):
     do_sample: bool = False
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
+    repetition_penalty: Optional[float] = Field(
+        default=None, gt=0, description="Above 1 discourages repeating tokens (transformers' repetition_penalty); unset: none."
+    )
+    no_repeat_ngram_size: Optional[int] = Field(
+        default=None, ge=1, description="Never repeat an n-gram of this many tokens (transformers' no_repeat_ngram_size); unset: off."
+    )
 
 
 class EvaluationSettings(GenerationSettings):

@@ -1,28 +1,90 @@
-"""The `medcot ask` command on a tiny random Llama: JSON output, streaming, a bad path, a useless flag."""
+"""The `medcot ask` command: fast help and argument errors, the text once (streamed or in --json), --model latest."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
 
 from medcot_pipeline.cli import main
-from medcot_pipeline.settings import EvaluationSettings
-from medcot_pipeline.evaluation.generation import generate_answers, load_for_inference
+from medcot_pipeline.model_paths import ModelLoadError, model_argument, newest_run
 
 QUESTION = "Which drug treats strep throat?"
+HEAVY = ("torch", "transformers", "dagster", "peft", "trl")
 
 
 def ask(model, *flags):
-    return main(["ask", QUESTION, "--model", str(model), "--device", "cpu", "--max-new-tokens", "4",
+    return main(["ask", QUESTION, "--model", str(model), "--device", "cpu", "--max-new-tokens", "6",
                  "--continuation-tokens", "0", *flags])
 
 
-def test_json_prints_one_object_and_warns_of_the_cut(tiny_llama_dir, capsys):
+def run_probe(code: str) -> dict:
+    """Run `code` in a fresh interpreter (nothing imported yet) and return the JSON it prints last."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_argument_errors_return_without_importing_torch(tmp_path):
+    probe = f"""
+import contextlib, io, json, sys
+from medcot_pipeline.cli import main
+results = {{}}
+for name, argv in {{
+    "help": ["--help"], "ask_help": ["ask", "--help"], "bad_flag": ["ask", "q", "--max-new-tokens", "0"],
+    "empty": ["ask", "   "], "missing_model": ["ask", "q", "--model", {str(tmp_path / "nowhere")!r}],
+    "no_run_yet": ["ask", "q", "--model", "latest", "--artifacts", {str(tmp_path / "artifacts")!r}],
+}}.items():
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    results[name] = {{"code": code, "out": out.getvalue(), "err": err.getvalue()}}
+results["heavy"] = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps(results))
+"""
+    started = time.perf_counter()
+    results = run_probe(probe)
+    assert results["heavy"] == [], f"imported before the arguments were handled: {results['heavy']}"
+    assert time.perf_counter() - started > 0
+    assert results["help"]["code"] == 0 and "ask" in results["help"]["out"]
+    assert results["ask_help"]["code"] == 0 and "--model" in results["ask_help"]["out"]
+    assert results["bad_flag"]["code"] == 2 and "must be at least 1" in results["bad_flag"]["err"]
+    assert results["empty"] == {"code": 2, "out": "", "err": results["empty"]["err"]}
+    assert results["empty"]["err"].startswith("medcot: error: the question is empty")
+    assert results["missing_model"]["err"] == f"medcot: error: model path {tmp_path / 'nowhere'} does not exist\n"
+    assert results["no_run_yet"]["code"] == 2
+    assert f"no merged model under {tmp_path / 'artifacts'}/ yet" in results["no_run_yet"]["err"]
+
+
+def test_json_carries_the_text_and_the_stream_prints_it_once(tiny_llama_dir, capsys):
     assert ask(tiny_llama_dir, "--json", "--no-stream") == 0
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1
     result = json.loads(out)
-    assert set(result) == {"question", "think", "response", "truncated", "compliant", "new_tokens"}
-    assert result["question"] == QUESTION
-    assert (result["truncated"], result["compliant"], result["new_tokens"]) == (True, False, 4)
-    assert "medcot: warning: the answer was cut off after 4 tokens" in err
+    assert result["question"] == QUESTION and result["model"] == str(tiny_llama_dir)
+    # Random weights write no tags: the text is all there is, and the JSON must carry it.
+    assert result["text"].strip() and (result["think"], result["response"]) == (None, None)
+    assert (result["truncated"], result["compliant"], result["new_tokens"]) == (True, False, 6)
+    assert result["seconds"] > 0 and result["tokens_per_second"] > 0
+    assert "medcot: warning: the answer was cut off after 6 tokens" in err
+    assert result["text"] not in err  # stderr is no terminal here: nothing streamed to it
+    assert "medcot: 6 tokens in " in err and " tokens/s" in err  # the closing line
+
+    # Without --json the same text streams to stdout, once, and stderr has only medcot's own lines.
+    assert ask(tiny_llama_dir) == 0
+    out, err = capsys.readouterr()
+    assert out == result["text"] + "\n"
+    assert all(line.startswith("medcot: ") for line in err.splitlines()), err
+    assert "medcot: loading " in err
+
+    assert ask(tiny_llama_dir, "--no-stream") == 0
+    assert capsys.readouterr().out == result["text"].strip() + "\n"
 
 
 def test_a_bad_model_path_exits_2_with_one_error_line(tmp_path, capsys):
@@ -33,20 +95,55 @@ def test_a_bad_model_path_exits_2_with_one_error_line(tmp_path, capsys):
     assert err == f"medcot: error: model path {missing} does not exist\n"
 
 
-def test_streaming_writes_tokens_to_stderr_and_sections_to_stdout(tiny_llama_dir, capsys):
-    model, tokenizer = load_for_inference(str(tiny_llama_dir), device="cpu")
-    config = EvaluationSettings(batch_size=1, max_new_tokens=4, continuation_tokens=0)
-    text = generate_answers(model, tokenizer, [QUESTION], config).answers[0].text
-    capsys.readouterr()  # drop the library's own chatter from loading
-
-    assert ask(tiny_llama_dir) == 0
-    out, err = capsys.readouterr()
-    # No tags in a random model's output: the raw text is the answer, "(empty)" when it is only whitespace.
-    assert out == f"## Reasoning\n\n(no <think> block)\n\n## Answer\n\n{text.strip() or '(empty)'}\n"
-    assert err.startswith(text + "\n")  # the streamed tokens, then the line ask() ends
-    assert "medcot: warning: the answer was cut off after 4 tokens" in err
-
-
 def test_temperature_without_sample_warns(tiny_llama_dir, capsys):
     assert ask(tiny_llama_dir, "--json", "--no-stream", "--temperature", "0.3") == 0
     assert "medcot: warning: --temperature has no effect without --sample" in capsys.readouterr().err
+
+
+def fake_run(stage, run_id: str, sub: str = "model", mtime: float | None = None):
+    model = stage / run_id / sub
+    model.mkdir(parents=True)
+    (model / ("adapter_config.json" if sub == "adapter" else "config.json")).write_text("{}")
+    if mtime is not None:
+        os.utime(model, (mtime, mtime))
+    return model
+
+
+def test_a_stage_directory_resolves_to_its_newest_complete_run(tmp_path):
+    root = tmp_path / "artifacts"
+    stage = root / "merged_model"
+    old = fake_run(stage, "run-old", mtime=1_000)
+    new = fake_run(stage, "run-new", mtime=2_000)
+    (stage / ".run-newer.staging-123" / "model").mkdir(parents=True)  # a write in progress is never chosen
+    assert model_argument("latest", root) == str(new)
+    assert model_argument(str(stage), root) == str(new)
+    assert model_argument(str(stage / "run-old"), root) == str(old)  # a run directory: the model inside it
+    assert model_argument(str(old), root) == str(old)  # a model directory: as given
+
+    # The run the pipeline last handed on (refs/merged_model.json, written by the IO manager) wins over mtime.
+    (root / "refs").mkdir()
+    (root / "refs" / "merged_model.json").write_text(json.dumps({"path": str(old), "run_id": "run-old"}))
+    assert model_argument("latest", root) == str(old)
+    shutil.rmtree(old)  # a ref to a deleted run falls back to the newest one left
+    assert newest_run(stage) == new
+
+    adapters = root / "lora_adapter"
+    (adapters / "checkpoints" / "abc").mkdir(parents=True)  # checkpoints are not runs
+    adapter = fake_run(adapters, "run-a", sub="adapter")
+    assert model_argument(str(adapters), root) == str(adapter)
+
+    (root / "empty_stage" / "run-x").mkdir(parents=True)
+    assert model_argument(str(root / "empty_stage"), root) == str(root / "empty_stage")  # not a stage: load says why
+    shutil.rmtree(stage)
+    stage.mkdir()
+    with pytest.raises(ModelLoadError, match="holds no complete run"):
+        model_argument("latest", root)
+
+
+def test_ask_latest_answers_with_the_newest_merged_model(tiny_llama_dir, tmp_path, capsys):
+    root = tmp_path / "artifacts"
+    model = root / "merged_model" / "run-1" / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    assert main(["ask", QUESTION, "--artifacts", str(root), "--device", "cpu", "--max-new-tokens", "2",
+                 "--continuation-tokens", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(model)

@@ -201,3 +201,11 @@ def test_models_of_other_shapes_are_loaded_afresh(tiny_llama_dir, tmp_path):
     wider.intermediate_size *= 2
     assert not same_shapes(wider, str(tiny_llama_dir))
     assert not same_shapes(config, str(tmp_path / "missing"))
+
+
+def test_a_release_gate_switched_off_by_the_profile_says_so(tmp_path):
+    """The demo profile's floor 0 and tolerance 1 can never fail: the check must not read as a real pass."""
+    off = release_gate(str(write_report(tmp_path / "off", 0.0, 0.0, 0.5, rouge_tolerance=1.0, format_compliance_floor=0.0)))
+    assert off.passed and off.metadata["gate"].value.startswith("gate disabled by profile settings")
+    on = release_gate(str(write_report(tmp_path / "on", 0.4, 0.95, 0.3, rouge_tolerance=0.02, format_compliance_floor=0.9)))
+    assert "gate" not in on.metadata

@@ -34,7 +34,7 @@ def no_train_validation_overlap(formatted_splits: str) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset="formatted_splits", blocking=True,
-    description="Every target has exactly one balanced <think> block followed by one <response> block.",
+    description="Every target has exactly one balanced `<think>` block followed by one `<response>` block.",
 )
 def targets_are_well_formed(formatted_splits: str) -> dg.AssetCheckResult:
     frames = pd.concat([read_split(formatted_splits, "train"), read_split(formatted_splits, "validation")])
@@ -80,18 +80,23 @@ def release_gate(rouge_report: str) -> dg.AssetCheckResult:
     compliance = report.fine_tuned.format_compliance
     rouge_ok = base_rouge is None or tuned_rouge >= base_rouge - tolerance
     compliance_ok = compliance >= floor
-    return dg.AssetCheckResult(
-        passed=rouge_ok and compliance_ok,
-        metadata={
-            "fine_tuned_rouge_l": tuned_rouge,
-            "base_rouge_l": base_rouge if base_rouge is not None else "not measured",
-            "rouge_tolerance": tolerance,
-            "format_compliance": compliance,
-            "format_compliance_floor": floor,
-            "rouge_ok": rouge_ok,
-            "compliance_ok": compliance_ok,
-        },
-    )
+    metadata = {
+        "fine_tuned_rouge_l": round(tuned_rouge, 4),
+        "base_rouge_l": round(base_rouge, 4) if base_rouge is not None else "not measured",
+        "rouge_tolerance": tolerance,
+        "format_compliance": round(compliance, 4),
+        "format_compliance_floor": floor,
+        "rouge_ok": rouge_ok,
+        "compliance_ok": compliance_ok,
+    }
+    # ROUGE-L and compliance lie in [0, 1]: with these settings nothing can fail, and a green check must not read as a pass.
+    if floor <= 0 and tolerance >= 1:
+        metadata = {
+            "gate": f"gate disabled by profile settings (format_compliance_floor {floor}, rouge_tolerance {tolerance}): "
+            "it passes whatever the scores",
+            **metadata,
+        }
+    return dg.AssetCheckResult(passed=rouge_ok and compliance_ok, metadata=metadata)
 
 
 ASSET_CHECKS = [

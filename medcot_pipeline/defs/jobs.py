@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from medcot_pipeline.defs.run_config_checks import run_config_checked
-from medcot_pipeline.defs.stages import GPU_TAG_KEY, STAGES
+from medcot_pipeline.defs.stages import GPU_TAG_KEY, PROFILE_RUN_TAGS, STAGES
 
 
 # A GPU step holds the host's GPUs: merging, evaluation and one-GPU training run on the first visible GPU,
@@ -34,8 +34,10 @@ def retraining_selection() -> dg.AssetSelection:
 
 
 medcot_pipeline_job = dg.define_asset_job(
-    "medcot_pipeline", selection=dg.AssetSelection.all(), description="Every asset, data to release."
+    "medcot_pipeline", selection=dg.AssetSelection.all(), description="Every asset, data to release.",
+    run_tags=PROFILE_RUN_TAGS,
 )
 retraining_job = dg.define_asset_job(
-    "retraining", selection=retraining_selection(), description="Retrain, merge, evaluate and release."
+    "retraining", selection=retraining_selection(), description="Retrain, merge, evaluate and release.",
+    run_tags=PROFILE_RUN_TAGS,
 )

@@ -9,6 +9,8 @@ only rouge_report stale, and Dagster reruns exactly that.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,6 +64,18 @@ PROFILE = read_profile(active_profile_path())
 for _run_config_file in command_line_config_files():
     read_profile(_run_config_file)
 
+# Every run says which profile it ran and which version of that file, so the runs list tells runs apart.
+PROFILE_TAG_KEY = "medcot/profile"
+PROFILE_SHA_TAG_KEY = "medcot/profile_sha"
+
+
+def profile_run_tags(profile: Profile = PROFILE) -> dict[str, str]:
+    """{medcot/profile: file name, medcot/profile_sha: first 12 hex digits of the file's sha256}."""
+    return {PROFILE_TAG_KEY: profile.path.name, PROFILE_SHA_TAG_KEY: hashlib.sha256(profile.path.read_bytes()).hexdigest()[:12]}
+
+
+PROFILE_RUN_TAGS = profile_run_tags()
+
 
 def profile_settings(asset: str, profile: Profile = PROFILE) -> settings.Settings:
     """The stage's settings as the profile sets them (defaults elsewhere)."""
@@ -108,6 +122,12 @@ def stage_asset(**asset_kwargs) -> Callable:
 
     def decorate(fn: Callable) -> dg.AssetsDefinition:
         stage = STAGES[fn.__name__]
+
+        @functools.wraps(fn)  # Dagster reads the parameters and annotations through __wrapped__
+        def tagged(context: dg.AssetExecutionContext, *args, **kwargs):
+            tag_run_with_profile(context)
+            return fn(context, *args, **kwargs)
+
         return dg.asset(
             name=stage.asset,
             group_name=stage.group,
@@ -115,9 +135,20 @@ def stage_asset(**asset_kwargs) -> Callable:
             op_tags=GPU_TAG if stage.gpu else None,
             pool=GPU_POOL if stage.gpu else None,
             **asset_kwargs,
-        )(fn)
+        )(tagged)
 
     return decorate
+
+
+def tag_run_with_profile(context: dg.AssetExecutionContext) -> None:
+    """Add the profile tags to a run that was launched without them.
+
+    The jobs carry them as run tags from the start; runs of Dagster's implicit asset job (the asset graph's
+    Materialize buttons, `dagster asset materialize`) cannot be given default tags, so their first step adds them.
+    """
+    missing = {key: value for key, value in PROFILE_RUN_TAGS.items() if key not in context.run.tags}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
 
 
 def current_code_version(context: dg.AssetExecutionContext) -> str | None:

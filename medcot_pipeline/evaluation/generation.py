@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -15,18 +14,14 @@ from medcot_pipeline.backends import hf_peft
 from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
+from medcot_pipeline.model_paths import ModelLoadError, resolve_model_paths, tokenizer_source
 from medcot_pipeline.settings import GenerationSettings
 from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
 
 logger = logging.getLogger(__name__)
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Marks where the middle of an over-long question was cut out.
 _ELISION = "\n[…]\n"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or adapter path that cannot be loaded; the message is one line naming the path."""
 
 
 @dataclass(frozen=True)
@@ -70,20 +65,18 @@ def load_for_inference(
     `backend` goes through `backends.resolve_backend` ("auto" is transformers); `attention` is the transformers
     attention implementation (Unsloth brings its own).
     """
-    model_ref, adapter_dir = _resolve_paths(model_path, adapter_path)
+    model_ref, adapter_dir = resolve_model_paths(model_path, adapter_path)
+    tokenizer_source_ref = tokenizer_source(model_ref, adapter_dir)
     torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
 
-    tokenizer_source = adapter_dir if adapter_dir is not None and _has_tokenizer(Path(adapter_dir)) else model_ref
-    if Path(tokenizer_source).is_dir() and not _has_tokenizer(Path(tokenizer_source)):
-        raise ModelLoadError(f"{tokenizer_source} has no tokenizer (neither {' nor '.join(_TOKENIZER_FILES)})")
     try:
-        tokenizer = load_tokenizer(tokenizer_source)
+        tokenizer = load_tokenizer(tokenizer_source_ref)
     except (BaseModelError, OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source}: {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source_ref}: {_first_line(err)}") from err
 
     try:
         chosen = backends.resolve_backend(backend, "inference")
@@ -99,44 +92,6 @@ def load_for_inference(
         raise ModelLoadError(f"cannot load the model {model_ref}{f' with adapter {adapter_dir}' if adapter_dir else ''}: {_first_line(err)}") from err
     model.eval()
     return model, tokenizer
-
-
-def _resolve_paths(model_path: str, adapter_path: str | None) -> tuple[str, str | None]:
-    """Check the paths before anything heavy loads, so a typo fails in a second with the path named."""
-    model_dir = Path(model_path).expanduser()
-    if not model_dir.exists():
-        if str(model_path).startswith((".", "/", "~")) or model_path.count("/") != 1:
-            raise ModelLoadError(f"model path {model_path} does not exist")
-        model_ref = model_path  # a Hub id, served from the local Hub cache when offline
-    elif not model_dir.is_dir():
-        raise ModelLoadError(f"model path {model_path} is a file, not a model directory")
-    elif (model_dir / "config.json").exists():
-        model_ref = str(model_dir)
-    elif (model_dir / "adapter_config.json").exists():
-        if adapter_path is not None:
-            raise ModelLoadError(f"{model_path} is a LoRA adapter; pass its base model as the model, not a second adapter")
-        return _adapter_base(model_dir), str(model_dir)
-    else:
-        raise ModelLoadError(f"{model_path} is not a model directory (no config.json)")
-
-    if adapter_path is None:
-        return model_ref, None
-    adapter_dir = Path(adapter_path).expanduser()
-    if not (adapter_dir / "adapter_config.json").exists():
-        what = "does not exist" if not adapter_dir.exists() else "is not a LoRA adapter (no adapter_config.json)"
-        raise ModelLoadError(f"adapter path {adapter_path} {what}")
-    return model_ref, str(adapter_dir)
-
-
-def _adapter_base(adapter_dir: Path) -> str:
-    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ModelLoadError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass the base with --model")
-    return base
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).exists() for name in _TOKENIZER_FILES)
 
 
 def _first_line(err: BaseException) -> str:
@@ -215,9 +170,17 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def sampling_kwargs(config: GenerationSettings) -> dict:
-    if config.do_sample:
-        return {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
-    return {"do_sample": False}
+    kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {"do_sample": False}
+    # Unset means transformers' own default (no penalty), so rouge_report's answers stay as they were.
+    if config.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = config.repetition_penalty
+    if config.no_repeat_ngram_size is not None:
+        kwargs["no_repeat_ngram_size"] = config.no_repeat_ngram_size
+    return kwargs
+
+
+# Called after each batch with (what is being generated, prompts done, prompts in all).
+Progress = Callable[[str, int, int], None]
 
 
 class _EndClosedAnswersAtLimit:
@@ -273,7 +236,7 @@ def defer_stop_check(enabled: bool = True) -> None:
 
 def generate_token_ids(
     model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, end_closed_at: int | None = None,
-    **generate_kwargs,
+    progress: Optional[Progress] = None, **generate_kwargs,
 ) -> list[tuple[list[int], bool]]:
     """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
 
@@ -309,6 +272,8 @@ def generate_token_ids(
                 results[index] = (ids[:end_closed_at], False)  # ended at the limit by the rule above, not by a stop token
             else:
                 results[index] = (ids, False) if end is None else (ids[: end + 1], True)
+        if progress is not None:
+            progress("answers", len(results), len(prompts))
     return [results[i] for i in range(len(prompts))]
 
 
@@ -320,6 +285,7 @@ def generate_answers(
     *,
     max_prompt_tokens: int | None = None,
     streamer=None,
+    progress: Optional[Progress] = None,
     **generate_kwargs,
 ) -> GenerationRun:
     """Answer every question; an answer that reaches max_new_tokens with </response> still open gets
@@ -327,7 +293,8 @@ def generate_answers(
     Both happen in one `generate` call per batch (`_EndClosedAnswersAtLimit` ends the closed answers at the limit).
 
     `generate_kwargs` reach `model.generate` (e.g. cache_implementation="static"); the sampling
-    settings come from `config`.
+    settings come from `config`. `progress`, if given, is called after every batch so a caller can report
+    how far it is.
     """
     if streamer is not None and len(questions) > 1:
         raise ValueError(f"a streamer shows one answer at a time; got {len(questions)} questions")
@@ -339,7 +306,7 @@ def generate_answers(
     started = time.perf_counter()
     limit, more = config.max_new_tokens, config.continuation_tokens
     generated = generate_token_ids(
-        model, tokenizer, prompts, batch_size=config.batch_size, streamer=streamer,
+        model, tokenizer, prompts, batch_size=config.batch_size, streamer=streamer, progress=progress,
         max_new_tokens=limit + more, end_closed_at=limit if more > 0 else None, **kwargs,
     )
     new_ids = [ids for ids, _ in generated]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -53,8 +54,8 @@ def write_rouge_report(
     kept: dict = {}
     with open(out_dir / SAMPLES_FILE, "w", encoding="utf-8") as samples:
         for label, reference in models.items():
-            log.info(f"{label}: answering {len(rows)} validation question(s) with {reference}")
-            run, choices = _answer(reference, questions, validation, config, kept, log)
+            log.info(f"{label}: loading {reference}")
+            run, choices = _answer(reference, questions, validation, config, kept, log, progress=_progress_logger(label, config, log))
             scores[label] = ModelScores(
                 **summarize(run.answers, rows),
                 mc_accuracy=choices.accuracy,
@@ -83,7 +84,8 @@ def write_rouge_report(
 
 
 def _answer(
-    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings, kept: dict, log
+    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings, kept: dict, log,
+    progress=None,
 ) -> tuple[GenerationRun, MultipleChoiceScores]:
     """Load `reference` (once), answer, score the options; `kept["model"]` is left holding the model that answered.
 
@@ -109,7 +111,9 @@ def _answer(
         target = None
         _release_memory()
     cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
-    run = generate_answers(model, tokenizer, questions, config, **cache)
+    if progress is not None:
+        progress("start", 0, len(questions))
+    run = generate_answers(model, tokenizer, questions, config, progress=progress, **cache)
     choices = score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
     kept["model"] = model
     return run, choices
@@ -155,12 +159,39 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _progress_logger(label: str, config: EvaluationSettings, log):
+    """A `generate_answers` progress callback that logs each batch with the time elapsed and an estimate of what is left."""
+    started = [time.perf_counter()]
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            batches = -(-total // config.batch_size)
+            log.info(
+                f"{label}: answering {total} question(s) in {batches} batch(es) of up to {config.batch_size}, "
+                f"up to {config.max_new_tokens} new tokens each (+ {config.continuation_tokens} for an answer still open)"
+            )
+            return
+        elapsed = time.perf_counter() - started[0]
+        left = f", about {_clock(elapsed / done * (total - done))} left" if done < total else ""
+        log.info(f"{label}: {done}/{total} answers, {_clock(elapsed)} elapsed{left}")
+
+    return report
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores) -> list[dict]:
     scores = score_answers(run.answers, rows)
     records = []
     for i, answer in enumerate(run.answers):
         record = {
             "model": label,
+            "index": i,  # the question's position, so the UI can put each model's answer to it side by side
             "question": answer.question,
             "reference": rows["response"].iloc[i],
             "output": answer.text,

@@ -32,7 +32,12 @@ METRICS = (
 def format_value(metric: Metric, value: Optional[float]) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.1%}" if metric.percent else f"{value:.3f}" if isinstance(value, float) else str(value)
+    if metric.percent:
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        # Scores in [0, 1] to three places; counts such as the mean answer length to one.
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
 
 
 def _value(scores: Optional[ModelScores], key: str) -> Optional[float]:

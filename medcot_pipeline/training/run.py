@@ -251,23 +251,66 @@ def _table(rows: list[dict], columns: dict[str, str]) -> dict:
     )
 
 
+def _markdown_rows(rows: dict) -> dict:
+    """Facts for the page but not for the Plots tab: a two-column markdown table, numbers written for reading."""
+    def text(value) -> str:
+        if value is None:
+            return "n/a"
+        if isinstance(value, float):
+            return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:,.4g}"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    lines = ["| | |", "|---|---|"] + [f"| {label} | {text(value).replace('|', '/')} |" for label, value in rows.items()]
+    return _value("\n".join(lines), "md")
+
+
 def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dict:
-    """The summary as Dagster metadata, with the loss curve inline."""
-    from medcot_pipeline.training.progress import markdown_image
+    """The summary as Dagster metadata: the loss curve first (small enough to show inline), the few numbers
+    worth a chart across runs (the Plots tab draws every numeric entry), then the rest as tables."""
+    from medcot_pipeline.training.progress import loss_chart_markdown, markdown_image
 
     wandb = summary.wandb
-    summary = summary.model_dump()
+    history = [{"step": r["step"], "loss": r["loss"]} for r in summary.loss_per_step] + [
+        {"step": r["step"], "eval_loss": r["eval_loss"]} for r in summary.eval_losses
+    ]
+    data = summary.model_dump()
+
+    def rounded(value, digits: int = 4):
+        return None if value is None else float(f"{value:.{digits}g}")
+
     return {
-        "train_loss_final": _value(summary["train_loss_final"], "float"),
-        "eval_loss_final": _value(summary["eval_loss_final"], "float"),
-        "learning_rate_final": _value(summary["learning_rate_final"], "float"),
-        "global_step": _value(summary["global_step"], "int"),
+        "loss_curve": _value(loss_chart_markdown(history), "md"),
+        "train_loss_final": _value(rounded(data["train_loss_final"]), "float"),
+        "eval_loss_final": _value(rounded(data["eval_loss_final"]), "float"),
+        "global_step": _value(data["global_step"], "int"),
+        "tokens_per_second": _value(rounded(data["tokens_per_second"]), "float"),
+        "training_seconds": _value(rounded(data["training_seconds"]), "float"),
+        "peak_gpu_memory_gib": _value(rounded(data["peak_gpu_memory_gib"], 3), "float"),
+        "training": _markdown_rows({
+            "profile": summary.profile,
+            "backend": summary.backend,
+            "base weights": summary.base_weights,
+            "hardware": summary.hardware,
+            "processes": summary.processes,
+            "steps": summary.global_step,
+            "resumed from": Path(summary.resumed_from).name if summary.resumed_from else "no checkpoint",
+            "final learning rate": summary.learning_rate_final,
+            "training rows": summary.train_rows,
+            "validation rows": summary.validation_rows,
+            "tokens seen": summary.tokens_seen,
+            "wall time (s)": summary.wall_time_seconds,
+        }),
         "loss_per_step": _table(
-            summary["loss_per_step"],
+            [
+                {**row, "loss": rounded(row.get("loss")), "grad_norm": rounded(row.get("grad_norm")),
+                 # In scientific notation: the UI would write 2.7e-05 as 0.00002727272727272727.
+                 "learning_rate": None if row.get("learning_rate") is None else f"{row['learning_rate']:.3e}"}
+                for row in data["loss_per_step"]
+            ],
             {
                 "step": "int",
                 "loss": "float",
-                "learning_rate": "float",
+                "learning_rate": "string",
                 "grad_norm": "float",
                 "tokens_seen": "int",
                 "tokens_per_second": "float",
@@ -275,19 +318,14 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
                 "peak_gpu_memory_gib": "float",
             },
         ),
-        "eval_losses": _table(summary["eval_losses"], {"step": "int", "eval_loss": "float"}),
-        "tokens_seen": _value(summary["tokens_seen"], "int"),
-        "tokens_per_second": _value(summary["tokens_per_second"], "float"),
-        "training_seconds": _value(summary["training_seconds"], "float"),
-        "wall_time_seconds": _value(summary["wall_time_seconds"], "float"),
-        "peak_gpu_memory_gib": _value(summary["peak_gpu_memory_gib"], "float"),
-        "backend": _value(summary["backend"], "text"),
-        "versions": _value(summary["versions"], "json"),
-        "resumed_from": _value(summary["resumed_from"], "path"),
+        "eval_losses": _table(
+            [{**row, "eval_loss": rounded(row.get("eval_loss"))} for row in data["eval_losses"]], {"step": "int", "eval_loss": "float"}
+        ),
+        "loss_curve_png": _value(markdown_image(adapter_dir / LOSS_CURVE_FILE), "md"),
+        "backend": _value(data["backend"], "text"),
+        "versions": _value(data["versions"], "json"),
+        "resumed_from": _value(data["resumed_from"], "path"),
         "wandb_run": _value(None, "text") if wandb is None else _value(wandb.url, "url") if wandb.url else _value(wandb.dir, "path"),
-        "train_rows": _value(summary["train_rows"], "int"),
-        "validation_rows": _value(summary["validation_rows"], "int"),
-        "loss_curve": _value(markdown_image(adapter_dir / LOSS_CURVE_FILE), "md"),
     }
 
 

@@ -6,19 +6,13 @@ import pandas as pd
 from medcot_pipeline.contracts import DatasetProvenance, SplitsSummary
 from medcot_pipeline.data import cleaning, raw_parquet, sources, splits, token_budget
 from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, SourceUnreachableError
+from medcot_pipeline.defs.metadata import records_preview, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, HubResource
 from medcot_pipeline.defs.stages import FormattingConfig, RawDatasetConfig, current_code_version, profile_settings, stage_asset
 
 # Only a source that could not be reached is retried (allow_retries below); bad data fails the same way every time.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 HUB_DATASET = profile_settings("raw_dataset").hub_dataset
-
-
-def preview(df: pd.DataFrame, columns: list[str], rows: int = 3, width: int = 120) -> str:
-    shown = df[columns].head(rows).copy()
-    for column in columns:
-        shown[column] = shown[column].astype(str).str.slice(0, width).str.replace("\n", " ", regex=False).str.replace("|", "/", regex=False)
-    return shown.to_markdown(index=False)
 
 
 @dg.observable_source_asset(
@@ -70,7 +64,7 @@ def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, art
             "dagster/row_count": len(records),
             "columns": ", ".join(map(str, records.columns)),
             "content_sha256": content_hash,
-            "preview": dg.MetadataValue.md(preview(records, list(RAW_COLUMNS))),
+            "preview": records_preview(records, list(RAW_COLUMNS)),
         },
     )
 
@@ -83,7 +77,7 @@ def formatted_splits(
     artifacts: ArtifactStore,
     base_model: BaseModelResource,
 ) -> dg.Output[str]:
-    """Cleaned records as chat pairs with <think>/<response> targets, split into train and validation."""
+    """Cleaned records as chat pairs with `<think>…</think><response>…</response>` targets, split into train and validation."""
     records = raw_parquet.read_raw_parquet(raw_parquet.records_path(raw_dataset))
     dataset = DatasetProvenance.read(raw_dataset)
     try:
@@ -135,24 +129,30 @@ def formatted_splits(
         data_version=dg.DataVersion(content_hash[:16]),
         metadata={
             "path": dg.MetadataValue.path(str(out_dir)),
+            # The numbers worth a chart across runs (the Plots tab draws every numeric entry); the rest as tables.
             "train_rows": len(train),
             "validation_rows": len(validation),
-            "validation_requested": config.validation_size,
-            "validation_size_note": split_info["validation_size_reason"],
-            "input_rows": len(records),
-            "dropped_rows": dropped,
             "dropped_share": summary.dropped_share,
+            "rows": summary_table({
+                "input rows": len(records),
+                "after cleaning": cleaning_counts["output_rows"],
+                f"over max_seq_length ({base_model.max_seq_length} tokens)": f"{over_limit} ({config.overlength_policy})",
+                "dropped rows": dropped,
+                "train rows": len(train),
+                "validation rows": f"{len(validation)} of {config.validation_size} requested",
+                "validation note": split_info["validation_size_reason"],
+            }),
+            "token_lengths": summary_table({
+                "tokenizer": base_model.name,
+                "median": stats.get("median"),
+                "p90": stats.get("p90"),
+                "p99": stats.get("p99"),
+                "max": stats.get("max"),
+                "max_seq_length": base_model.max_seq_length,
+            }),
             "cleaning_counts": dg.MetadataValue.json(cleaning_counts),
-            "tokenizer": base_model.name,
-            "token_length_median": stats.get("median"),
-            "token_length_p90": stats.get("p90"),
-            "token_length_p99": stats.get("p99"),
-            "token_length_max": stats.get("max"),
-            "max_seq_length": base_model.max_seq_length,
-            "over_max_seq_length": over_limit,
-            "overlength_policy": config.overlength_policy,
             "content_sha256": content_hash,
-            "preview": dg.MetadataValue.md(preview(train, ["question", "target"])),
+            "preview": records_preview(train, ["question", "target"]),
         },
     )
 

@@ -1,26 +1,12 @@
 """Evaluation stage: answers from the fine-tuned and the base model, graded with ROUGE-L."""
 
-import json
-from pathlib import Path
-
 import dagster as dg
 
 from medcot_pipeline.contracts import SAMPLES_FILE
 from medcot_pipeline.data.schema import read_split
+from medcot_pipeline.defs.metadata import answers_in_full, answers_table, rounded, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource
 from medcot_pipeline.defs.stages import EvaluationConfig, current_code_version, stage_asset
-
-
-def samples_table(samples_path: Path, limit: int = 3) -> str:
-    rows = ["| model | question | response | ROUGE-L |", "|---|---|---|---|"]
-    with open(samples_path) as handle:
-        for line in list(handle)[: limit * 2]:
-            sample = json.loads(line)
-            cells = [sample.get("model", ""), sample.get("question", "")[:90], (sample.get("response") or "(none)")[:140]]
-            cells = [str(c).replace("|", "/").replace("\n", " ") for c in cells]
-            score = sample.get("rouge_l_response")
-            rows.append(f"| {' | '.join(cells)} | {'n/a' if score is None else f'{score:.3f}'} |")
-    return "\n".join(rows)
 
 
 @stage_asset(kinds={"pytorch"})
@@ -32,7 +18,7 @@ def rouge_report(
     artifacts: ArtifactStore,
     base_model: BaseModelResource,
 ) -> dg.Output[str]:
-    """ROUGE-L, format compliance and truncation for base vs fine-tuned on the validation split."""
+    """ROUGE-L, format compliance and truncation for base vs fine-tuned on the validation split, with their answers side by side."""
     import os
 
     # torch.compile's caches under the artifacts root: a later run of this step (same model shapes) reuses the
@@ -49,18 +35,28 @@ def rouge_report(
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
     tuned, base = report.fine_tuned, report.base
+    samples = out_dir / SAMPLES_FILE
     metadata = {
-        "path": dg.MetadataValue.path(str(out_dir)),
-        "questions": report.n,
-        "rouge_l_response": tuned.rouge_l_response,
-        "rouge_l_full": tuned.rouge_l_full,
-        "format_compliance": tuned.format_compliance,
-        "truncation_rate": tuned.truncation_rate,
+        # What a reader looks for first: the scores side by side, then the answers side by side.
         "comparison": dg.MetadataValue.md(comparison_table(report)),
-        "samples": dg.MetadataValue.md(samples_table(out_dir / SAMPLES_FILE)),
-        "generation_tokens_per_second": tuned.tokens_per_second,
+        "answers": answers_table(samples),
+        "answers_in_full": answers_in_full(samples),
+        # The numbers worth a chart across runs (the Plots tab draws every numeric entry).
+        "rouge_l_response": rounded(tuned.rouge_l_response),
+        "format_compliance": rounded(tuned.format_compliance),
+        "generation_tokens_per_second": rounded(tuned.tokens_per_second),
     }
     if base is not None:
-        metadata["base_rouge_l_response"] = base.rouge_l_response
-        metadata["base_format_compliance"] = base.format_compliance
+        metadata["base_rouge_l_response"] = rounded(base.rouge_l_response)
+    settings = report.settings  # as the run was configured (the launchpad may have changed the profile's values)
+    metadata["evaluation"] = summary_table({
+        "questions": report.n,
+        "decoding": "sampled" if settings.do_sample else "greedy",
+        "max_new_tokens (+ continuation)": f"{settings.max_new_tokens} (+ {settings.continuation_tokens})",
+        "batch size": settings.batch_size,
+        "attention, KV cache": f"{settings.attention}, {settings.kv_cache}",
+        "fine-tuned: generation seconds": tuned.wall_seconds,
+        **({"base: generation seconds": base.wall_seconds} if base is not None else {}),
+    })
+    metadata["path"] = dg.MetadataValue.path(str(out_dir))
     return dg.Output(str(out_dir), metadata=metadata)

@@ -1,14 +1,16 @@
 """Model stage: the LoRA adapter (trained in its own process through Dagster Pipes) and the merged model."""
 
 import hashlib
+import time
 
 import dagster as dg
 
 from medcot_pipeline.artifact_io import file_sha256, tree_bytes, tree_sha256
 from medcot_pipeline.contracts import MergeRecord, SplitsSummary, TrainingJob, WandbTarget
 from medcot_pipeline.data.schema import split_path
+from medcot_pipeline.defs.metadata import number_text
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, WandbResource
-from medcot_pipeline.defs.stages import PROFILE, MergeConfig, TrainingConfig, current_code_version, stage_asset
+from medcot_pipeline.defs.stages import PROFILE, PROFILE_TAG_KEY, MergeConfig, TrainingConfig, current_code_version, stage_asset
 
 
 @stage_asset(kinds={"pytorch", "peft"})
@@ -58,7 +60,7 @@ def lora_adapter(
             ),
             dataset=splits.dataset,
             splits_sha256=splits_sha256,
-            profile=context.run.tags.get("medcot/profile") or PROFILE.name,
+            profile=context.run.tags.get(PROFILE_TAG_KEY) or PROFILE.path.name,
             code_version=current_code_version(context),
             lineage={"raw_dataset": splits.dataset.code_version, "formatted_splits": splits.code_version},
         )
@@ -84,12 +86,14 @@ def lora_adapter(
         if not (staging / "adapter" / "adapter_config.json").exists():
             raise dg.Failure(f"training finished without writing an adapter to {staging / 'adapter'}")
     adapter_dir = artifacts.version_dir("lora_adapter", context.run_id) / "adapter"
+    # The training process only knew the staging directory; this is where the adapter now is.
+    context.log.info(f"adapter at {adapter_dir}")
     return dg.Output(
         str(adapter_dir),
         metadata={
             **(result.metadata or {}),
             "path": dg.MetadataValue.path(str(adapter_dir)),
-            "size_mb": round(tree_bytes(adapter_dir) / 2**20, 2),
+            "size": f"{tree_bytes(adapter_dir) / 2**20:,.1f} MiB",
             "content_sha256": tree_sha256(adapter_dir),
             "base_model": base_model.name,
             "processes": processes,
@@ -111,6 +115,8 @@ def merged_model(
     from medcot_pipeline import merging
 
     base = base_model.ref(artifacts)
+    context.log.info(f"merging the adapter {lora_adapter} into {base_model.name} as {config.dtype} (loads the base, then writes safetensors)")
+    started = time.perf_counter()
     with artifacts.new_version("merged_model", context.run_id) as staging:
         try:
             info = merging.merge_adapter(base.reference, lora_adapter, staging / "model", dtype=config.dtype, max_shard_size=config.max_shard_size)
@@ -123,13 +129,17 @@ def merged_model(
         )
         record.write(staging / "model")
     model_dir = artifacts.version_dir("merged_model", context.run_id) / "model"
+    size = f"{tree_bytes(model_dir) / 2**20:,.1f} MiB"
+    context.log.info(
+        f"merged model at {model_dir}: {info['parameters']:,} parameters, {size}, in {time.perf_counter() - started:.0f} s"
+    )
     return dg.Output(
         str(model_dir),
         metadata={
             "path": dg.MetadataValue.path(str(model_dir)),
-            "parameters": info["parameters"],
+            "parameters": number_text(info["parameters"]),
             "dtype": config.dtype,
-            "size_mb": round(tree_bytes(model_dir) / 2**20, 1),
+            "size": size,
             "content_sha256": tree_sha256(model_dir),
             "base_model": base_model.name,
         },

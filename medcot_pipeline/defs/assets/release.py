@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from medcot_pipeline.contracts import EvaluationReport, MergeRecord, TrainingSummary
+from medcot_pipeline.defs.metadata import model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
@@ -79,9 +80,9 @@ def hub_release(
         "path": dg.MetadataValue.path(str(staged)),
         "repo_id": config.repo_id,
         "private": config.private,
-        "files": len(manifest.files),
-        "size_mb": round(manifest.total_bytes / 2**20, 1),
-        "model_card": dg.MetadataValue.md(str(card)[:6000]),
+        "files": str(len(manifest.files)),
+        "size": f"{manifest.total_bytes / 2**20:,.1f} MiB",
+        "model_card": model_card_markdown(card),
     }
     if not hub.token:
         context.log.warning("HF_TOKEN is not set: the release is staged locally and nothing was pushed.")

@@ -1,0 +1,169 @@
+"""How artifacts read on the asset pages: escaped markdown, text cut at a word, rounded numbers, answers side by side.
+
+Dagster renders markdown metadata and asset descriptions as HTML, where `<think>` is an unknown tag and
+vanishes; table cells are plain text and show it as written. Markdown under 1,000 characters shows inline,
+longer behind "[Show Markdown]"; numeric entries are what the Plots tab draws across materializations,
+so only numbers worth a chart are top-level numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+
+ELLIPSIS = "…"
+
+
+def escape_markdown(text: str) -> str:
+    """Text shown as written in Dagster's markdown: tags such as <think> stay visible."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def table_cell(text: Any) -> str:
+    """One markdown table cell: escaped, on one line, no column breaks."""
+    return escape_markdown(" ".join(str(text).split())).replace("|", "\\|")
+
+
+def shorten(text: Optional[str], width: int) -> str:
+    """`text` on one line, cut at the last word boundary before `width` with an ellipsis (never mid-word)."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= width:
+        return flat
+    cut = flat[: width - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.") + ELLIPSIS
+
+
+def rounded(value: Optional[float], digits: int = 4) -> Optional[float]:
+    """A float to `digits` significant digits (1.2e-05 stays 1.2e-05, 0.10848 becomes 0.1085)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value) or value == 0:
+        return value
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+def number_text(value: Any) -> str:
+    """A number as a person reads it: thousands separated, 4 significant digits, small rates in scientific notation."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{rounded(value):,}"
+
+
+def summary_table(rows: dict[str, Any]) -> dg.MetadataValue:
+    """Facts that belong on the page but not in the Plots tab, as a two-column markdown table."""
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {table_cell(label)} | {table_cell(number_text(value))} |" for label, value in rows.items()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def records_preview(frame, columns: list[str], rows: int = 3, width: int = 160) -> dg.MetadataValue:
+    """The first rows as a plain-text table: cells show <think> as written and end at a word with an ellipsis."""
+    shown = frame[columns].head(rows)
+    records = [dg.TableRecord({column: shorten(str(row[column]), width) for column in columns}) for _, row in shown.iterrows()]
+    schema = dg.TableSchema(columns=[dg.TableColumn(column, "string") for column in columns])
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+# ----------------------------------------------------------------------------------------- rouge_report
+
+
+def read_samples(samples_path: Path) -> dict[int, dict[str, dict]]:
+    """samples.jsonl grouped by question: {question index: {model label: sample}}."""
+    by_question: dict[int, dict[str, dict]] = {}
+    seen: dict[str, int] = {}
+    with open(samples_path, encoding="utf-8") as handle:
+        for line in handle:
+            sample = json.loads(line)
+            label = sample.get("model", "")
+            # Older files have no index; the lines of each model are in question order.
+            index = sample.get("index", seen.get(label, 0))
+            seen[label] = index + 1
+            by_question.setdefault(index, {})[label] = sample
+    return dict(sorted(by_question.items()))
+
+
+def _answer_text(sample: Optional[dict]) -> str:
+    if sample is None:
+        return "(not run)"
+    return sample.get("scored_response") or sample.get("response") or sample.get("output") or "(empty)"
+
+
+def _score(sample: Optional[dict]) -> Optional[float]:
+    return None if sample is None else rounded(sample.get("rouge_l_response"), 3)
+
+
+def answers_table(samples_path: Path, limit: int = 5, width: int = 220) -> dg.MetadataValue:
+    """The first `limit` questions: the reference answer, then base and fine-tuned answers beside it, with their ROUGE-L."""
+    records = []
+    for index, models in list(read_samples(samples_path).items())[:limit]:
+        any_sample = next(iter(models.values()))
+        base, tuned = models.get("base"), models.get("fine_tuned")
+        records.append(dg.TableRecord({
+            "#": index + 1,
+            "question": shorten(any_sample.get("question"), 160),
+            "reference": shorten(any_sample.get("reference"), width),
+            "base": shorten(_answer_text(base), width),
+            "fine_tuned": shorten(_answer_text(tuned), width),
+            "rouge_l_base": _score(base),
+            "rouge_l_fine_tuned": _score(tuned),
+        }))
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("#", "int"),
+        dg.TableColumn("question", "string"),
+        dg.TableColumn("reference", "string", description="the dataset's answer"),
+        dg.TableColumn("base", "string", description="the base model's answer (<response>, or its whole output without tags)"),
+        dg.TableColumn("fine_tuned", "string", description="the fine-tuned model's <response> (its whole output if it has none)"),
+        dg.TableColumn("rouge_l_base", "float", description="ROUGE-L F1 against the reference; higher is better"),
+        dg.TableColumn("rouge_l_fine_tuned", "float", description="ROUGE-L F1 against the reference; higher is better"),
+    ])
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def answers_in_full(samples_path: Path, limit: int = 5) -> dg.MetadataValue:
+    """The same questions with every text whole: question, reference, and each model's full output, tags shown."""
+    parts = []
+    for index, models in list(read_samples(samples_path).items())[:limit]:
+        any_sample = next(iter(models.values()))
+        parts.append(f"### Question {index + 1}\n\n{_paragraphs(any_sample.get('question'))}")
+        parts.append(f"**Reference**\n\n{_paragraphs(any_sample.get('reference'))}")
+        for label, title in (("base", "Base model"), ("fine_tuned", "Fine-tuned model")):
+            sample = models.get(label)
+            if sample is None:
+                continue
+            notes = [f"ROUGE-L {number_text(_score(sample))}"]
+            if sample.get("truncated"):
+                notes.append(f"cut off at {sample.get('new_tokens')} tokens")
+            if not sample.get("compliant"):
+                notes.append("not in the <think>/<response> format")
+            parts.append(f"**{title}** ({escape_markdown(', '.join(notes))})\n\n{_paragraphs(sample.get('output'))}")
+        parts.append("---")
+    return dg.MetadataValue.md("\n\n".join(parts))
+
+
+def _paragraphs(text: Optional[str]) -> str:
+    """Text as markdown paragraphs with its line breaks kept and its tags visible."""
+    if not text or not str(text).strip():
+        return "_(empty)_"
+    return "  \n".join(escape_markdown(line) for line in str(text).strip().splitlines())
+
+
+# ----------------------------------------------------------------------------------------- model card
+
+
+def model_card_markdown(card) -> dg.MetadataValue:
+    """A huggingface_hub ModelCard as the page should show it: the Hub metadata as YAML in a code block
+    (markdown would run it into one paragraph), then the card's body, whole."""
+    front_matter = card.data.to_yaml() if card.data is not None else ""
+    parts = [f"```yaml\n{front_matter.strip()}\n```"] if front_matter.strip() else []
+    parts.append(card.text.strip())
+    return dg.MetadataValue.md("\n\n".join(parts))

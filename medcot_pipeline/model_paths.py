@@ -1,0 +1,142 @@
+"""Which model directory to answer with: paths checked, and a pipeline stage resolved to its newest run, without torch.
+
+`medcot ask` calls these before it imports anything heavy, so a typo fails in a fraction of a second with
+the path named; `load_for_inference` calls them too, so every caller gets the same rules and messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# What a run of each stage keeps its model in: artifacts/<stage>/<run id>/<subdirectory>.
+RUN_SUBDIRECTORIES = {"merged_model": "model", "lora_adapter": "adapter"}
+LATEST = "latest"
+DEFAULT_ARTIFACTS_ROOT = "artifacts"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or adapter path that cannot be loaded; the message is one line naming the path."""
+
+
+def artifacts_root(explicit: str | None = None) -> Path:
+    """--artifacts if given, else the root in the active profile (MEDCOT_PROFILE), else ./artifacts.
+
+    The profile is read as plain YAML: the CLI must not import the Dagster definitions to learn one path.
+    """
+    if explicit:
+        return Path(explicit).expanduser()
+    profile = os.environ.get("MEDCOT_PROFILE")
+    if profile and Path(profile).is_file():
+        try:
+            data = yaml.safe_load(Path(profile).read_text()) or {}
+            root = data["resources"]["artifacts"]["config"]["root"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            root = None
+        if root:
+            return Path(root).expanduser()
+    return Path(DEFAULT_ARTIFACTS_ROOT)
+
+
+def model_argument(value: str, root: Path) -> str:
+    """What --model names, as a directory to load: `latest` is the newest merged model under `root`,
+    a stage directory (artifacts/merged_model) its newest complete run, a run directory the model inside it.
+    Anything else (a model directory, a Hub id) is returned as given."""
+    if value == LATEST:
+        stage = root / "merged_model"
+        if not stage.is_dir():
+            raise ModelLoadError(
+                f"no merged model under {root}/ yet: run the pipeline (bash scripts/run-demo.sh) or pass --model PATH"
+            )
+        return str(newest_run(stage))
+    path = Path(value).expanduser()
+    if not path.is_dir() or _is_model_dir(path):
+        return value
+    for subdirectory in RUN_SUBDIRECTORIES.values():
+        if _is_model_dir(path / subdirectory):
+            return str(path / subdirectory)
+    if path.name in RUN_SUBDIRECTORIES or _complete_runs(path):
+        return str(newest_run(path))
+    return value
+
+
+def newest_run(stage_dir: Path) -> Path:
+    """The model of a stage's newest complete run: the one the pipeline last recorded in
+    <root>/refs/<stage>.json (what the next stage would read), else the most recently written run."""
+    stage_dir = Path(stage_dir)
+    ref = stage_dir.parent / "refs" / f"{stage_dir.name}.json"
+    try:
+        recorded = Path(json.loads(ref.read_text())["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    # The ref holds an absolute path; trust it only while it still names a model in this stage directory.
+    if recorded is not None and _is_model_dir(recorded) and recorded.resolve().is_relative_to(stage_dir.resolve()):
+        return recorded
+    runs = _complete_runs(stage_dir)
+    if not runs:
+        raise ModelLoadError(f"{stage_dir} holds no complete run (no <run id>/{'|'.join(RUN_SUBDIRECTORIES.values())} with a config)")
+    return max(runs, key=lambda model: model.stat().st_mtime)
+
+
+def _complete_runs(stage_dir: Path) -> list[Path]:
+    # Staging directories start with a dot and are never complete; checkpoints/ holds no run.
+    runs = []
+    for run in stage_dir.iterdir() if stage_dir.is_dir() else []:
+        if run.name.startswith(".") or not run.is_dir():
+            continue
+        runs.extend(run / sub for sub in RUN_SUBDIRECTORIES.values() if _is_model_dir(run / sub))
+    return runs
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def resolve_model_paths(model_path: str, adapter_path: str | None) -> tuple[str, str | None]:
+    """(model reference, adapter directory or None), checked before anything heavy loads."""
+    model_dir = Path(model_path).expanduser()
+    if not model_dir.exists():
+        if str(model_path).startswith((".", "/", "~")) or model_path.count("/") != 1:
+            raise ModelLoadError(f"model path {model_path} does not exist")
+        model_ref = model_path  # a Hub id, served from the local Hub cache when offline
+    elif not model_dir.is_dir():
+        raise ModelLoadError(f"model path {model_path} is a file, not a model directory")
+    elif (model_dir / "config.json").exists():
+        model_ref = str(model_dir)
+    elif (model_dir / "adapter_config.json").exists():
+        if adapter_path is not None:
+            raise ModelLoadError(f"{model_path} is a LoRA adapter; pass its base model as the model, not a second adapter")
+        return adapter_base(model_dir), str(model_dir)
+    else:
+        raise ModelLoadError(f"{model_path} is not a model directory (no config.json)")
+
+    if adapter_path is None:
+        return model_ref, None
+    adapter_dir = Path(adapter_path).expanduser()
+    if not (adapter_dir / "adapter_config.json").exists():
+        what = "does not exist" if not adapter_dir.exists() else "is not a LoRA adapter (no adapter_config.json)"
+        raise ModelLoadError(f"adapter path {adapter_path} {what}")
+    return model_ref, str(adapter_dir)
+
+
+def tokenizer_source(model_ref: str, adapter_dir: str | None) -> str:
+    """Where the tokenizer comes from: the adapter's own copy, else the model; a directory without one fails."""
+    source = adapter_dir if adapter_dir is not None and has_tokenizer(Path(adapter_dir)) else model_ref
+    if Path(source).is_dir() and not has_tokenizer(Path(source)):
+        raise ModelLoadError(f"{source} has no tokenizer (neither {' nor '.join(TOKENIZER_FILES)})")
+    return source
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; pass the base with --model")
+    return base
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).exists() for name in TOKENIZER_FILES)
