@@ -5,9 +5,11 @@ import warnings
 import dagster as dg
 
 # Dagster marks features by maturity and warns on every use. These are the ones this project uses on purpose
-# (the Hub dataset as an observable source, Pipes for the training process); anything else still warns.
+# (the Hub dataset as an observable source, data versions from content, Pipes for the training process);
+# anything else still warns.
 for _category, _feature in (
     (dg.BetaWarning, "observable_source_asset"),
+    (dg.BetaWarning, "data_version"),
     (dg.PreviewWarning, "PipesMessageReader.expected_writer_count"),
 ):
     warnings.filterwarnings("ignore", message=f".*`{_feature}`", category=_category)

@@ -93,49 +93,54 @@ def read_samples(samples_path: Path) -> dict[int, dict[str, dict]]:
 
 
 def _answer_text(sample: Optional[dict]) -> str:
+    """What was graded (the <response>, or the whole output of a model without tags), or a note saying why not."""
     if sample is None:
         return "(not run)"
-    return sample.get("scored_response") or sample.get("response") or sample.get("output") or "(empty)"
+    text = sample.get("scored_response") or sample.get("output") or ""
+    return text if text.strip() else "(empty answer)"
 
 
 def _score(sample: Optional[dict]) -> Optional[float]:
     return None if sample is None else rounded(sample.get("rouge_l_response"), 3)
 
 
-def answers_table(samples_path: Path, limit: int = 5, width: int = 220) -> dg.MetadataValue:
-    """The first `limit` questions: the reference answer, then base and fine-tuned answers beside it, with their ROUGE-L."""
+def comparison(report) -> dg.MetadataValue:
+    """Base against fine-tuned, a metric a row, with which way is better: a plain-text table, which wraps in the
+    page's narrow value column where a markdown table would run off its edge."""
+    from medcot_pipeline.evaluation.scores import comparison_rows
+
+    rows = comparison_rows(report)
+    columns = ["metric", "better", "base", "fine-tuned", "change"]
+    records = [dg.TableRecord({column: row[column].replace("`", "") for column in columns}) for row in rows]
+    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
+
+
+def answers_table(samples_path: Path, limit: int = 3, width: int = 240) -> dg.MetadataValue:
+    """The first `limit` questions, each as four rows (question, reference, base, fine-tuned answer), so the
+    answers to one question sit together and stay readable in the page's value column; text ends at a word."""
     records = []
     for index, models in list(read_samples(samples_path).items())[:limit]:
         any_sample = next(iter(models.values()))
-        base, tuned = models.get("base"), models.get("fine_tuned")
-        records.append(dg.TableRecord({
-            "#": index + 1,
-            "question": shorten(any_sample.get("question"), 160),
-            "reference": shorten(any_sample.get("reference"), width),
-            "base": shorten(_answer_text(base), width),
-            "fine_tuned": shorten(_answer_text(tuned), width),
-            "rouge_l_base": _score(base),
-            "rouge_l_fine_tuned": _score(tuned),
-        }))
+        rows = [("question", any_sample.get("question")), ("reference", any_sample.get("reference"))]
+        for label, title in (("base", "base model"), ("fine_tuned", "fine-tuned")):
+            if label in models:
+                rows.append((f"{title}, ROUGE-L {number_text(_score(models[label]))}", _answer_text(models[label])))
+        records += [dg.TableRecord({"#": index + 1, "from": who, "text": shorten(text, width)}) for who, text in rows]
     schema = dg.TableSchema(columns=[
-        dg.TableColumn("#", "int"),
-        dg.TableColumn("question", "string"),
-        dg.TableColumn("reference", "string", description="the dataset's answer"),
-        dg.TableColumn("base", "string", description="the base model's answer (<response>, or its whole output without tags)"),
-        dg.TableColumn("fine_tuned", "string", description="the fine-tuned model's <response> (its whole output if it has none)"),
-        dg.TableColumn("rouge_l_base", "float", description="ROUGE-L F1 against the reference; higher is better"),
-        dg.TableColumn("rouge_l_fine_tuned", "float", description="ROUGE-L F1 against the reference; higher is better"),
+        dg.TableColumn("#", "int", description="question number"),
+        dg.TableColumn("from", "string", description="the question, the dataset's answer, or a model's graded answer"),
+        dg.TableColumn("text", "string"),
     ])
     return dg.MetadataValue.table(records, schema=schema)
 
 
-def answers_in_full(samples_path: Path, limit: int = 5) -> dg.MetadataValue:
-    """The same questions with every text whole: question, reference, and each model's full output, tags shown."""
+def answers_side_by_side(samples_path: Path, limit: int = 5) -> dg.MetadataValue:
+    """The reference, base and fine-tuned answers in three columns, whole, a table per question (readable in the
+    wide "[Show Markdown]" view); each model's column holds its full output, tags shown."""
     parts = []
     for index, models in list(read_samples(samples_path).items())[:limit]:
         any_sample = next(iter(models.values()))
-        parts.append(f"### Question {index + 1}\n\n{_paragraphs(any_sample.get('question'))}")
-        parts.append(f"**Reference**\n\n{_paragraphs(any_sample.get('reference'))}")
+        headers, cells = ["Reference"], [_cell_text(any_sample.get("reference"))]
         for label, title in (("base", "Base model"), ("fine_tuned", "Fine-tuned model")):
             sample = models.get(label)
             if sample is None:
@@ -145,9 +150,19 @@ def answers_in_full(samples_path: Path, limit: int = 5) -> dg.MetadataValue:
                 notes.append(f"cut off at {sample.get('new_tokens')} tokens")
             if not sample.get("compliant"):
                 notes.append("not in the <think>/<response> format")
-            parts.append(f"**{title}** ({escape_markdown(', '.join(notes))})\n\n{_paragraphs(sample.get('output'))}")
-        parts.append("---")
+            headers.append(f"{title} ({', '.join(notes)})")
+            cells.append(_cell_text(sample.get("output")))
+        parts += [
+            f"### Question {index + 1}",
+            _paragraphs(any_sample.get("question")),
+            "| " + " | ".join(table_cell(h) for h in headers) + " |\n|" + "---|" * len(headers) + "\n| " + " | ".join(cells) + " |",
+        ]
     return dg.MetadataValue.md("\n\n".join(parts))
+
+
+def _cell_text(text: Optional[str]) -> str:
+    # A markdown table cell holds one line: paragraphs run together, tags stay visible.
+    return table_cell(text) if text and str(text).strip() else "_(empty)_"
 
 
 def _paragraphs(text: Optional[str]) -> str:

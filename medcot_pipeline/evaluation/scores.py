@@ -44,22 +44,32 @@ def _value(scores: Optional[ModelScores], key: str) -> Optional[float]:
     return None if scores is None else getattr(scores, key)
 
 
-def comparison_table(report: EvaluationReport) -> str:
-    """Markdown: one row a metric, base and fine-tuned side by side, the difference, and which way is better."""
-    rows = ["| metric | better | base | fine-tuned | change |", "|---|---|---|---|---|"]
+def comparison_rows(report: EvaluationReport) -> list[dict[str, str]]:
+    """One row a measured metric: its label, which way is better, base and fine-tuned, and the change."""
+    rows = []
     for metric in METRICS:
         base, tuned = _value(report.base, metric.key), _value(report.fine_tuned, metric.key)
         if base is None and tuned is None:
             continue
-        change = "" if base is None or tuned is None else format_delta(metric, tuned - base)
-        label = metric.label.replace("|", "/")
+        label = metric.label
         if metric.key == "mc_accuracy":
             label += f" (n={report.fine_tuned.mc_n})"
-        rows.append(
-            f"| {label} | {'higher' if metric.higher_is_better else 'lower'} | "
-            f"{format_value(metric, base)} | {format_value(metric, tuned)} | {change} |"
-        )
-    return "\n".join(rows)
+        rows.append({
+            "metric": label,
+            "better": "higher" if metric.higher_is_better else "lower",
+            "base": format_value(metric, base),
+            "fine-tuned": format_value(metric, tuned),
+            "change": "" if base is None or tuned is None else format_delta(metric, tuned - base),
+        })
+    return rows
+
+
+def comparison_table(report: EvaluationReport) -> str:
+    """Markdown: one row a metric, base and fine-tuned side by side, the difference, and which way is better."""
+    lines = ["| metric | better | base | fine-tuned | change |", "|---|---|---|---|---|"]
+    for row in comparison_rows(report):
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row.values()) + " |")
+    return "\n".join(lines)
 
 
 def format_delta(metric: Metric, delta: float) -> str:

@@ -167,7 +167,7 @@ def loss_chart_markdown(history: list[dict], width: int = 300, height: int = 100
     """The loss curve as a small SVG in markdown, under `limit` characters.
 
     Dagster's UI shows markdown metadata inline only under 1,000 characters (longer behind a click); a PNG
-    never fits, this chart of train (solid) and eval (dashed) loss per step does.
+    never fits, this chart of train (blue line) and eval (orange dots) loss per step does.
     """
     train = [(r["step"], r["loss"]) for r in loss_rows(history)]
     evals = [(r["step"], r["eval_loss"]) for r in eval_rows(history)]
@@ -176,7 +176,7 @@ def loss_chart_markdown(history: list[dict], width: int = 300, height: int = 100
     points = 48
     while True:
         svg = _loss_svg(_thin(train, points), _thin(evals, max(points // 4, 2)), width, height)
-        text = f"![train (solid) and eval (dashed) loss per step](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
+        text = f"![loss per step: train (blue line), eval (orange dots)](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
         if len(text) < limit or points <= 4:
             return text
         points = points * 3 // 4
@@ -195,23 +195,24 @@ def _loss_svg(train: list[tuple], evals: list[tuple], width: int, height: int) -
     low, high = min(losses), max(losses)
     span = (high - low) or 1.0
     last_step = max(step for step, _ in train + evals)
-    left, top, bottom = 34, 6, height - 14
+    left, top, bottom = 30, 6, height - 14
 
-    def xy(step, loss):
+    def xy(step, loss, separator=","):
         x = left + (width - left - 4) * (step / last_step if last_step else 1)
-        return f"{x:.0f},{top + (bottom - top) * (high - loss) / span:.0f}"
+        return f"{x:.0f}{separator}{top + (bottom - top) * (high - loss) / span:.0f}"
 
     lines = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="10">',
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<polyline fill="none" stroke="#2563eb" stroke-width="1.5" points="{" ".join(xy(*p) for p in train)}"/>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="10">',
+        f'<polyline fill="none" stroke="#2563eb" points="{" ".join(xy(*p) for p in train)}"/>',
     ]
     if evals:
-        lines.append(f'<polyline fill="none" stroke="#ea580c" stroke-dasharray="4 2" points="{" ".join(xy(*p) for p in evals)}"/>')
+        # A dot per evaluation (zero-length strokes with round caps): one evaluation is still visible.
+        dots = "".join(f"M{xy(*p, ' ')}h0" for p in evals)
+        lines.append(f'<path stroke="#ea580c" stroke-width="5" stroke-linecap="round" d="{dots}"/>')
+        lines.append(f'<text x="{width - 2}" y="{top + 8}" text-anchor="end" fill="#ea580c">eval</text>')
     lines += [
-        f'<text x="2" y="{top + 8}">{high:.3g}</text>',
-        f'<text x="2" y="{bottom}">{low:.3g}</text>',
-        f'<text x="{width - 2}" y="{height - 2}" text-anchor="end">step {last_step}</text>',
-        "</svg>",
+        f'<text x="{width - 2}" y="{top + 20 if evals else top + 8}" text-anchor="end" fill="#2563eb">train</text>',
+        f'<text x="0" y="{top + 8}">{high:.3g}</text><text x="0" y="{bottom}">{low:.3g}</text>',
+        f'<text x="{width - 2}" y="{height - 2}" text-anchor="end">step {last_step}</text></svg>',
     ]
     return "".join(lines)

@@ -4,7 +4,7 @@ import dagster as dg
 
 from medcot_pipeline.contracts import SAMPLES_FILE
 from medcot_pipeline.data.schema import read_split
-from medcot_pipeline.defs.metadata import answers_in_full, answers_table, rounded, summary_table
+from medcot_pipeline.defs.metadata import answers_side_by_side, answers_table, comparison, rounded, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource
 from medcot_pipeline.defs.stages import EvaluationConfig, current_code_version, stage_asset
 
@@ -25,7 +25,6 @@ def rouge_report(
     # compiled decode step instead of compiling it again.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(artifacts.path("torch_compile_cache")))
     from medcot_pipeline.evaluation.report import write_rouge_report
-    from medcot_pipeline.evaluation.scores import comparison_table
 
     validation = read_split(formatted_splits, "validation")
     base_ref = base_model.resolve(artifacts) if config.compare_with_base else None
@@ -37,10 +36,10 @@ def rouge_report(
     tuned, base = report.fine_tuned, report.base
     samples = out_dir / SAMPLES_FILE
     metadata = {
-        # What a reader looks for first: the scores side by side, then the answers side by side.
-        "comparison": dg.MetadataValue.md(comparison_table(report)),
+        # What a reader looks for first: the scores side by side, then the answers beside the reference.
+        "comparison": comparison(report),
+        "answers_side_by_side": answers_side_by_side(samples),
         "answers": answers_table(samples),
-        "answers_in_full": answers_in_full(samples),
         # The numbers worth a chart across runs (the Plots tab draws every numeric entry).
         "rouge_l_response": rounded(tuned.rouge_l_response),
         "format_compliance": rounded(tuned.format_compliance),

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the `medcot_pipeline` job (every asset) with the profile in MEDCOT_PROFILE, recorded in DAGSTER_HOME.
+#
+# The run is launched against the code location in workspace.yaml and taken off the queue by the Dagster
+# daemon, as a run launched from the UI is, so `dagster dev` files it under the job and on the Overview
+# timeline (a `dagster job execute` run has no code location: it shows in the runs list only). Its log
+# streams here. With `dagster dev` already running on the same DAGSTER_HOME, its daemon runs it instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${MEDCOT_PROFILE:?set MEDCOT_PROFILE to a profile file, e.g. profiles/h100.yaml}"
+export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
+PY=${PY:-.venv/bin/python}
+BIN=$(dirname "$PY")
+
+started=$SECONDS
+run_id=$("$PY" -c 'import uuid; print(uuid.uuid4())')
+"$BIN/dagster" job launch -j medcot_pipeline -c "$MEDCOT_PROFILE" --run-id "$run_id"
+daemon=""
+if ! "$BIN/dagster-daemon" liveness-check >/dev/null 2>&1; then
+  setsid "$BIN/dagster-daemon" run &  # its own process group, so it and its code server stop together
+  daemon=$!
+  trap '[ -n "$daemon" ] && kill -- -"$daemon" 2>/dev/null; wait 2>/dev/null || true' EXIT
+fi
+status=0
+"$PY" scripts/wait_for_run.py "$run_id" || status=$?
+elapsed=$((SECONDS - started))
+root=$("$PY" -c 'import sys; from medcot_pipeline.model_paths import artifacts_root; print(artifacts_root())')
+echo "medcot: run $run_id finished in $((elapsed / 60)) min $((elapsed % 60)) s; $root/ holds $(du -sh "$root" | cut -f1)."
+exit $status
