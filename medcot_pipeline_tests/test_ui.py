@@ -27,7 +27,9 @@ pytestmark = [
 ]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EDGES = 8  # raw->formatted, formatted->{adapter, report}, adapter->{merged, release}, merged->{report, release}, report->release
-LOCATION = "medcot_pipeline.definitions"  # the code location's name, from workspace.yaml and `dagster dev -m`
+# The code location as pyproject.toml's [tool.dagster] names it: what `dagster dev`, `dagster job launch` and the
+# daemon load when given no target, so a run launched by run-pipeline.sh is filed under this location's job.
+LOCATION = "medcot_pipeline"
 
 
 def _free_port() -> int:
@@ -74,11 +76,11 @@ def pipeline_run(tmp_path, smollm2_dir):
 
 @pytest.fixture()
 def dagster_dev(pipeline_run):
-    """`dagster dev` on a free port over the run's DAGSTER_HOME and profile."""
+    """`dagster dev` as the README starts it (no target: pyproject.toml's code location), on a free port."""
     port = _free_port()
     log = open(pipeline_run["tmp_path"] / "dagster_dev.log", "w")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "-h", "127.0.0.1", "-p", str(port)],
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
         cwd=REPO_ROOT, env=pipeline_run["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -117,6 +119,7 @@ def _expected_answers(artifacts: Path) -> dict:
 def test_the_run_and_its_pages_in_the_ui(dagster_dev):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)  # the pages poll a busy server; five seconds is not enough on 2 cores
     base_url, run = dagster_dev
     tmp_path, profile = run["tmp_path"], run["profile"]
     profile_tag = f"medcot/profile: {profile.name}"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run the `medcot_pipeline` job (every asset) with the profile in MEDCOT_PROFILE, recorded in DAGSTER_HOME.
 #
-# The run is launched against the code location in workspace.yaml and taken off the queue by the Dagster
-# daemon, as a run launched from the UI is, so `dagster dev` files it under the job and on the Overview
-# timeline (a `dagster job execute` run has no code location: it shows in the runs list only). Its log
-# streams here. With `dagster dev` already running on the same DAGSTER_HOME, its daemon runs it instead.
+# The run is launched against the code location that pyproject.toml's [tool.dagster] names (`medcot_pipeline`,
+# what `dagster dev` loads) and taken off the queue by the Dagster daemon, as a run launched from the UI is,
+# so the UI files it under the job and on the Overview timeline (a `dagster job execute` run has no code
+# location: it shows in the runs list only). Its log streams here. With `dagster dev` already running on
+# the same DAGSTER_HOME, its daemon runs it instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MEDCOT_PROFILE:?set MEDCOT_PROFILE to a profile file, e.g. profiles/h100.yaml}"

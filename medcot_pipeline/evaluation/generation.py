@@ -14,7 +14,8 @@ from medcot_pipeline.backends import hf_peft
 from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
-from medcot_pipeline.model_paths import ModelLoadError, resolve_model_paths, tokenizer_source
+from medcot_pipeline import model_paths
+from medcot_pipeline.model_paths import ModelLoadError
 from medcot_pipeline.settings import GenerationSettings
 from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
 
@@ -65,8 +66,8 @@ def load_for_inference(
     `backend` goes through `backends.resolve_backend` ("auto" is transformers); `attention` is the transformers
     attention implementation (Unsloth brings its own).
     """
-    model_ref, adapter_dir = resolve_model_paths(model_path, adapter_path)
-    tokenizer_source_ref = tokenizer_source(model_ref, adapter_dir)
+    model_ref, adapter_dir = model_paths.resolve_model_paths(model_path, adapter_path)
+    tokenizer_source = model_paths.tokenizer_source(model_ref, adapter_dir)
     torch_device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
@@ -74,9 +75,9 @@ def load_for_inference(
         torch_dtype = getattr(torch, dtype)
 
     try:
-        tokenizer = load_tokenizer(tokenizer_source_ref)
+        tokenizer = load_tokenizer(tokenizer_source)
     except (BaseModelError, OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source_ref}: {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot load the tokenizer of {tokenizer_source}: {_first_line(err)}") from err
 
     try:
         chosen = backends.resolve_backend(backend, "inference")
