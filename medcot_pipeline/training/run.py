@@ -292,6 +292,7 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
             "base weights": summary.base_weights,
             "hardware": summary.hardware,
             "processes": summary.processes,
+            "rows a step (global batch)": summary.global_batch_rows,
             "steps": summary.global_step,
             "resumed from": Path(summary.resumed_from).name if summary.resumed_from else "no checkpoint",
             "final learning rate": summary.learning_rate_final,
