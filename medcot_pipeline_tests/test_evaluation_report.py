@@ -209,3 +209,24 @@ def test_a_release_gate_switched_off_by_the_profile_says_so(tmp_path):
     assert off.passed and off.metadata["gate"].value.startswith("gate disabled by profile settings")
     on = release_gate(str(write_report(tmp_path / "on", 0.4, 0.95, 0.3, rouge_tolerance=0.02, format_compliance_floor=0.9)))
     assert "gate" not in on.metadata
+
+
+def test_rouge_report_logs_each_batch_and_a_long_batch_s_tokens():
+    import re
+    from types import SimpleNamespace
+
+    from medcot_pipeline.evaluation.report import _progress_logger
+
+    lines = []
+    report = _progress_logger("fine_tuned", EvaluationSettings(batch_size=2, max_new_tokens=3, continuation_tokens=2),
+                              SimpleNamespace(info=lines.append))
+    report("start", 0, 3)
+    report("tokens", 2, 5)
+    report("answers", 2, 3)
+    report("answers", 3, 3)
+    assert lines[0] == ("fine_tuned: answering 3 question(s) in 2 batch(es) of up to 2, up to 3 new tokens each "
+                        "(+ 2 for an answer still open)")
+    assert re.fullmatch(r"fine_tuned: 0/3 answers; the batch is at 2 of up to 5 new tokens, 0:00 elapsed, "
+                        r"at most about 0:00 left in this batch", lines[1])
+    assert re.fullmatch(r"fine_tuned: 2/3 answers, 0:00 elapsed, about 0:00 left", lines[2])
+    assert re.fullmatch(r"fine_tuned: 3/3 answers, 0:00 elapsed", lines[3])

@@ -144,3 +144,19 @@ def test_the_stop_check_is_deferred_on_cuda_only(monkeypatch):
     assert not DeferredStopCheck.is_supported(torch.device("cpu"), None, False, False)  # transformers' own rule
     defer_stop_check(False)
     assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)
+
+
+def test_progress_is_reported_during_a_batch_and_after_it(loaded, monkeypatch):
+    from medcot_pipeline.evaluation import generation
+
+    monkeypatch.setattr(generation, "PROGRESS_EVERY_SECONDS", 0.0)  # report at every step
+    model, tokenizer = loaded
+    calls = []
+    config = EvaluationSettings(batch_size=2, max_new_tokens=3, continuation_tokens=2)
+    generate_answers(model, tokenizer, QUESTIONS, config, progress=lambda *call: calls.append(call))
+    tokens = [call for call in calls if call[0] == "tokens"]
+    assert [call for call in calls if call[0] == "answers"] == [("answers", 2, 3), ("answers", 3, 3)]
+    # Each batch reports its tokens so far against its limit (max_new_tokens + continuation_tokens, one pass).
+    assert tokens and {total for _, _, total in tokens} == {5}
+    assert all(1 <= done <= 5 for _, done, _ in tokens)
+    assert calls[-1] == ("answers", 3, 3)

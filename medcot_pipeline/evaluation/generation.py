@@ -180,8 +180,32 @@ def sampling_kwargs(config: GenerationSettings) -> dict:
     return kwargs
 
 
-# Called after each batch with (what is being generated, prompts done, prompts in all).
+# Called with ("answers", prompts done, prompts in all) after each batch, and with ("tokens", new tokens so far,
+# the batch's token limit) every PROGRESS_EVERY_SECONDS while a batch generates.
 Progress = Callable[[str, int, int], None]
+# A CPU batch of the demo takes minutes; a line this often says it is still going without flooding the log.
+PROGRESS_EVERY_SECONDS = 30.0
+
+
+class _ReportTokens:
+    """A `StoppingCriteria` that stops nothing: it reports how many tokens the batch has, now and then.
+
+    It reads only the host-side length of `input_ids`, so it never waits for the device.
+    """
+
+    def __init__(self, progress: Progress, prompt_length: int, limit: int):
+        self.progress, self.prompt_length, self.limit = progress, prompt_length, limit
+        self.last = time.perf_counter()
+        self.stops_nothing: torch.BoolTensor | None = None  # made once: no allocation per decode step
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            self.progress("tokens", input_ids.shape[1] - self.prompt_length, self.limit)
+        if self.stops_nothing is None:
+            self.stops_nothing = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self.stops_nothing
 
 
 class _EndClosedAnswersAtLimit:
@@ -254,17 +278,22 @@ def generate_token_ids(
         batch = order[start : start + batch_size]
         inputs = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
         inputs = inputs.to(model.device)
-        criteria = {}
+        criteria = []
         ending = None
         if end_closed_at is not None:
+            ending = _EndClosedAnswersAtLimit(tokenizer, inputs["input_ids"].shape[1], end_closed_at)
+            criteria.append(ending)
+        if progress is not None and "max_new_tokens" in generate_kwargs:
+            criteria.append(_ReportTokens(progress, inputs["input_ids"].shape[1], generate_kwargs["max_new_tokens"]))
+        stopping = {}
+        if criteria:
             from transformers import StoppingCriteriaList
 
-            ending = _EndClosedAnswersAtLimit(tokenizer, inputs["input_ids"].shape[1], end_closed_at)
-            criteria["stopping_criteria"] = StoppingCriteriaList([ending])
+            stopping["stopping_criteria"] = StoppingCriteriaList(criteria)
         with torch.inference_mode():
             output = model.generate(
                 **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
-                **criteria, **generate_kwargs,
+                **stopping, **generate_kwargs,
             )
         new = output[:, inputs["input_ids"].shape[1] :].tolist()
         for row, (index, ids) in enumerate(zip(batch, new)):
@@ -294,8 +323,8 @@ def generate_answers(
     Both happen in one `generate` call per batch (`_EndClosedAnswersAtLimit` ends the closed answers at the limit).
 
     `generate_kwargs` reach `model.generate` (e.g. cache_implementation="static"); the sampling
-    settings come from `config`. `progress`, if given, is called after every batch so a caller can report
-    how far it is.
+    settings come from `config`. `progress`, if given, is called after every batch and now and then during
+    one (see `Progress`) so a caller can report how far it is.
     """
     if streamer is not None and len(questions) > 1:
         raise ValueError(f"a streamer shows one answer at a time; got {len(questions)} questions")

@@ -160,19 +160,34 @@ def _release_memory() -> None:
 
 
 def _progress_logger(label: str, config: EvaluationSettings, log):
-    """A `generate_answers` progress callback that logs each batch with the time elapsed and an estimate of what is left."""
+    """A `generate_answers` progress callback that logs each batch with the time elapsed and an estimate of what is
+    left, and, during a long batch, how many tokens it has so far (a batch ends at its token limit at the latest)."""
     started = [time.perf_counter()]
+    batch_started = [started[0]]
+    answered = [0, 0]  # answers done, answers in all
 
     def report(phase: str, done: int, total: int) -> None:
+        now = time.perf_counter()
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[0] = batch_started[0] = now
+            answered[:] = [0, total]
             batches = -(-total // config.batch_size)
             log.info(
                 f"{label}: answering {total} question(s) in {batches} batch(es) of up to {config.batch_size}, "
                 f"up to {config.max_new_tokens} new tokens each (+ {config.continuation_tokens} for an answer still open)"
             )
             return
-        elapsed = time.perf_counter() - started[0]
+        elapsed = now - started[0]
+        if phase == "tokens":
+            in_batch = now - batch_started[0]
+            at_most = f", at most about {_clock(in_batch / done * (total - done))} left in this batch" if done else ""
+            log.info(
+                f"{label}: {answered[0]}/{answered[1]} answers; the batch is at {done} of up to {total} new tokens, "
+                f"{_clock(elapsed)} elapsed{at_most}"
+            )
+            return
+        answered[0] = done
+        batch_started[0] = now
         left = f", about {_clock(elapsed / done * (total - done))} left" if done < total else ""
         log.info(f"{label}: {done}/{total} answers, {_clock(elapsed)} elapsed{left}")
 
