@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -48,10 +47,8 @@ for name, argv in {{
 results["heavy"] = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(json.dumps(results))
 """
-    started = time.perf_counter()
     results = run_probe(probe)
     assert results["heavy"] == [], f"imported before the arguments were handled: {results['heavy']}"
-    assert time.perf_counter() - started > 0
     assert results["help"]["code"] == 0 and "ask" in results["help"]["out"]
     assert results["ask_help"]["code"] == 0 and "--model" in results["ask_help"]["out"]
     assert results["bad_flag"]["code"] == 2 and "must be at least 1" in results["bad_flag"]["err"]
