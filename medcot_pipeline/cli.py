@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="static: the preallocated cache rouge_report uses on GPUs, faster per token after a torch.compile "
         "warm-up that a single short answer does not repay (default dynamic)",
     )
+    ask.add_argument(
+        # The names of settings.GenerationSettings.attention, written out: importing settings pulls in pydantic.
+        "--attention", choices=("grouped_sdpa", "grouped_triton", "sdpa"), default="grouped_sdpa",
+        help="attention while decoding (default grouped_sdpa); grouped_triton, with --kv-cache static, is what the "
+        "h100 profiles' rouge_report uses on a GPU (it needs Triton, which CUDA builds of torch bring)",
+    )
     return parser
 
 
@@ -101,6 +108,10 @@ def ask(args: argparse.Namespace) -> int:
     if sampling and not args.sample:
         _warn(f"{', '.join('--' + name.replace('_', '-') for name in sampling)} has no effect without --sample")
 
+    if args.attention == "grouped_triton" and importlib.util.find_spec("triton") is None:
+        return _error("--attention grouped_triton needs Triton, which is not installed (CUDA builds of torch bring it); "
+                      "use --attention grouped_sdpa")
+
     # Paths first: a typo or a missing run fails here, before torch is imported.
     try:
         model_path = model_paths.model_argument(args.model, model_paths.artifacts_root(args.artifacts))
@@ -122,7 +133,7 @@ def ask(args: argparse.Namespace) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     kind = "cuda" if device.startswith("cuda") else "cpu"
     try:
-        model, tokenizer = load_for_inference(model_path, args.adapter, device=device)
+        model, tokenizer = load_for_inference(model_path, args.adapter, device=device, attention=args.attention)
     except ModelLoadError as err:
         return _error(str(err))
 
@@ -134,6 +145,7 @@ def ask(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty if args.repetition_penalty != 1 else None,
         no_repeat_ngram_size=args.no_repeat_ngram or None,
         kv_cache=args.kv_cache,
+        attention=args.attention,
         **sampling,
     )
     _note(f"loaded in {time.perf_counter() - started:.1f} s; answering on {device} (up to {config.max_new_tokens} tokens)…")

@@ -1,5 +1,6 @@
 """The `medcot ask` command: fast help and argument errors, the text once (streamed or in --json), --model latest."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ for name, argv in {{
     "help": ["--help"], "ask_help": ["ask", "--help"], "bad_flag": ["ask", "q", "--max-new-tokens", "0"],
     "empty": ["ask", "   "], "missing_model": ["ask", "q", "--model", {str(tmp_path / "nowhere")!r}],
     "no_run_yet": ["ask", "q", "--model", "latest", "--artifacts", {str(tmp_path / "artifacts")!r}],
+    "triton": ["ask", "q", "--attention", "grouped_triton", "--model", {str(tmp_path / "nowhere")!r}],
 }}.items():
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -57,6 +59,11 @@ print(json.dumps(results))
     assert results["missing_model"]["err"] == f"medcot: error: model path {tmp_path / 'nowhere'} does not exist\n"
     assert results["no_run_yet"]["code"] == 2
     assert f"no merged model under {tmp_path / 'artifacts'}/ yet" in results["no_run_yet"]["err"]
+    if importlib.util.find_spec("triton") is None:  # the CPU venv: said at once, not as an ImportError after loading
+        assert results["triton"]["code"] == 2
+        assert results["triton"]["err"].startswith("medcot: error: --attention grouped_triton needs Triton")
+    else:  # a CUDA venv: Triton is there, so the path is checked next
+        assert results["triton"]["err"] == f"medcot: error: model path {tmp_path / 'nowhere'} does not exist\n"
 
 
 def test_json_carries_the_text_and_the_stream_prints_it_once(tiny_llama_dir, capsys):
@@ -137,10 +144,16 @@ def test_a_stage_directory_resolves_to_its_newest_complete_run(tmp_path):
         model_argument("latest", root)
 
 
-def test_ask_latest_answers_with_the_newest_merged_model(tiny_llama_dir, tmp_path, capsys):
+def test_ask_latest_answers_with_the_newest_merged_model(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    from medcot_pipeline.evaluation import generation
+
     root = tmp_path / "artifacts"
     model = root / "merged_model" / "run-1" / "model"
     shutil.copytree(tiny_llama_dir, model)
+    loaded = []
+    real_load = generation.load_for_inference
+    monkeypatch.setattr(generation, "load_for_inference", lambda *a, **kw: loaded.append(kw) or real_load(*a, **kw))
     assert main(["ask", QUESTION, "--artifacts", str(root), "--device", "cpu", "--max-new-tokens", "2",
-                 "--continuation-tokens", "0", "--json"]) == 0
+                 "--continuation-tokens", "0", "--json", "--attention", "sdpa"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == str(model)
+    assert loaded == [{"device": "cpu", "attention": "sdpa"}]
