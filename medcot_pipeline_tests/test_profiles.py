@@ -6,7 +6,7 @@ from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
 from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
 
 
-@pytest.mark.parametrize("name", ["demo", "t4", "h100", "h100-multi"])
+@pytest.mark.parametrize("name", ["demo", "seed", "t4", "h100", "h100-multi"])
 def test_shipped_profiles_load(name):
     profile = read_profile(PROFILES_DIR / f"{name}.yaml")
     training = profile_settings("lora_adapter", profile)
@@ -25,6 +25,22 @@ def test_t4_profile_keeps_the_seed_layout_with_the_evidence_s_training_values():
     h100 = profile_settings("lora_adapter", read_profile(PROFILES_DIR / "h100.yaml"))
     assert (training.lora_r, training.lora_alpha) == (h100.lora_r, h100.lora_alpha) == (64, 128)
     assert training.learning_rate == pytest.approx(h100.learning_rate / 3**0.5, rel=0.01)
+
+
+def test_seed_profile_holds_the_seeds_hyperparameters():
+    """profiles/seed.yaml reproduces the seed whatever t4 and h100 are tuned to."""
+    profile = read_profile(PROFILES_DIR / "seed.yaml")
+    training = profile_settings("lora_adapter", profile)
+    assert profile.resource_values("base_model") == {"name": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "max_seq_length": 1024}
+    assert (training.backend, training.load_in_4bit, training.optim, training.gradient_checkpointing) == ("auto", True, "adamw_8bit", True)
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (1, 8)
+    assert (training.learning_rate, training.max_steps, training.eval_steps, training.save_steps) == (1e-5, 200, 50, 50)
+    assert (training.lora_r, training.lora_alpha, training.lora_dropout) == (16, 32, 0.05)
+    assert training.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (training.packing, training.num_gpus) == (False, 1)
+    assert profile.ops["raw_dataset"] == {"source": "hub", "hub_dataset": "FreedomIntelligence/medical-o1-reasoning-SFT", "hub_config": "en"}
+    assert profile_settings("formatted_splits", profile).validation_size == 100
+    assert profile_settings("merged_model", profile).dtype == "float16"
 
 
 @pytest.mark.parametrize(
