@@ -126,6 +126,7 @@ class TrainingJob(Contract):
     splits_dir: str
     output_dir: str
     checkpoint_dir: str
+    checkpoint_location: Optional[str] = None  # object storage: where each checkpoint is committed for other nodes
     max_seq_length: int
     settings: TrainingSettings
     wandb: WandbTarget

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -11,61 +10,89 @@ from typing import Iterator, Optional
 import dagster as dg
 from pydantic import Field
 
-from medcot_pipeline.artifact_io import atomic_directory, write_text_atomic
+from medcot_pipeline.artifact_store import CACHE_ENV, ArtifactError, ArtifactRoot, CheckpointMirror
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
 from medcot_pipeline.contracts import BaseModelRef
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """A local artifacts root. Each materialization gets its own directory, written in full
-    under a temporary name and renamed into place, so a crash never leaves a half artifact
-    where a reader (or a concurrent run) would find it."""
+    """Where artifacts live: a local directory (default) or object storage (`s3://bucket/prefix`).
 
-    root: str = Field(default="artifacts", description="Directory for datasets, adapters, models and reports.")
+    Each materialization gets its own version, `<root>/<asset>/<run id>/`, that appears whole or not at all:
+    renamed into place on a local root; on object storage uploaded under its final keys and committed by a
+    manifest written last, which every reader requires (medcot_pipeline/artifact_store.py). Steps read and
+    write local files either way; on object storage each node keeps verified copies in its cache.
+    Credentials for object storage come from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL for S3-compatible servers).
+    """
 
-    @property
-    def root_path(self) -> Path:
-        return Path(self.root).expanduser().resolve()
+    root: str = Field(default="artifacts", description="A directory, or s3://bucket/prefix for object storage.")
+    cache_dir: Optional[str] = Field(
+        default=None,
+        description=f"Object-storage roots: this node's copies (default ${CACHE_ENV}, else ~/.cache/medcot/artifacts/<root hash>).",
+    )
+
+    def store(self) -> ArtifactRoot:
+        return ArtifactRoot(self.root, self.cache_dir)
 
     def path(self, *parts: str) -> Path:
-        return self.root_path.joinpath(*parts)
+        """A local working path: under the root, or this node's cache of an object-storage root."""
+        return self.store().local_path(*parts)
 
     def version_dir(self, asset_name: str, run_id: str) -> Path:
-        return self.path(asset_name, run_id)
+        """The local directory of a committed version."""
+        return self.store().version_dir(asset_name, run_id)
 
     @contextlib.contextmanager
     def new_version(self, asset_name: str, run_id: str) -> Iterator[Path]:
         """Yield an empty staging directory; on success it becomes `<root>/<asset>/<run_id>`."""
-        with atomic_directory(self.version_dir(asset_name, run_id)) as staging:
+        with self.store().new_version(asset_name, run_id) as staging:
             yield staging
+
+    def location_of(self, local: Path | str) -> str:
+        """Where a local artifact path is stored (itself on a local root, its s3:// URL on object storage)."""
+        return self.store().location_of(local)
+
+    def fetch_checkpoints(self, local_dir: Path, log) -> Optional[str]:
+        """On object storage: fetch the newest checkpoint any node committed for `local_dir` into it (a rerun here
+        resumes from it) and return the location where training commits its checkpoints; None on a local root."""
+        store = self.store()
+        if not store.remote:
+            return None
+        location = store.location_of(local_dir)
+        fetched = CheckpointMirror(location, local_dir).restore()
+        if fetched is not None:
+            log.info(f"fetched {fetched.name} from {location}")
+        return location
 
 
 class ArtifactPathIOManager(dg.ConfigurableIOManager):
-    """Hands each asset's artifact directory to the assets below it.
+    """Hands each asset's artifact directory to the assets and checks below it.
 
-    An asset returns the path of the directory it wrote; the path is kept as a small JSON file under the
-    artifacts root (not pickled into the Dagster home), so any process that can read the artifacts can
-    load it, and the asset's `path` metadata stays the artifact's own.
+    An asset returns the local path of the version it committed; its location (the path, or the s3:// URL) is
+    recorded under `<root>/refs/`, after the commit, not pickled into the Dagster home, so a step on any node
+    can load it. A reader gets a verified local copy: this run's output of the upstream asset if the run made
+    one, else the latest recorded.
     """
 
     artifacts: ArtifactStore
 
-    def _ref_file(self, asset_key: dg.AssetKey) -> Path:
-        return self.artifacts.path("refs", f"{asset_key.to_python_identifier()}.json")
-
     def handle_output(self, context: dg.OutputContext, obj: str) -> None:
-        ref = self._ref_file(context.asset_key)
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(ref, json.dumps({"path": str(obj), "run_id": context.run_id}) + "\n")
+        store = self.artifacts.store()
+        location = store.location_of(obj)
+        store.write_ref(context.asset_key.to_python_identifier(), context.run_id, location)
+        context.add_output_metadata({"artifact": dg.MetadataValue.path(location)})
 
     def load_input(self, context: dg.InputContext) -> str:
-        ref = self._ref_file(context.asset_key)
-        if not ref.exists():
-            raise dg.Failure(f"{context.asset_key.to_user_string()} has not been materialized under {self.artifacts.root_path}")
-        path = json.loads(ref.read_text())["path"]
-        if not Path(path).exists():
-            raise dg.Failure(f"{context.asset_key.to_user_string()}'s artifact {path} is gone; rematerialize it")
-        return path
+        store = self.artifacts.store()
+        name = context.asset_key.to_user_string()
+        location = store.read_ref(context.asset_key.to_python_identifier(), context.step_context.run_id)
+        if location is None:
+            raise dg.Failure(f"{name} has not been materialized under {store.root}")
+        try:
+            return str(store.local_copy(location))
+        except ArtifactError as err:
+            raise dg.Failure(f"{name}'s artifact cannot be read: {err}; rematerialize it") from err
 
 
 class BaseModelResource(dg.ConfigurableResource):

@@ -27,13 +27,16 @@ def write_rouge_report(
     out_dir: Path,
     log=logging,
     code_version: str | None = None,
+    merged_model_location: str | None = None,
 ) -> EvaluationReport:
     """Grade the fine-tuned model (and the base model, when configured and given) on the same questions,
     and write samples.jsonl and report.json (the `EvaluationReport`, settings included) into `out_dir`.
 
     Generation answers the first `num_questions` validation rows. Multiple-choice accuracy (option
     log-likelihood, multiple_choice.py) costs one forward a question, so it covers every validation row
-    that has options; `mc_n` says how many, and `mc_accuracy` is None when none has.
+    that has options; `mc_n` says how many, and `mc_accuracy` is None when none has. The report names the
+    merged model by `merged_model_location` (its place in the artifacts root) when given, not by the local
+    copy it loaded.
     """
     require_columns(validation, EVALUATION_COLUMNS, "validation split")
     if validation.empty:
@@ -76,7 +79,7 @@ def write_rouge_report(
     kept.clear()
     _release_memory()
     report = EvaluationReport(
-        n=len(rows), models=models, merged_model_dir=str(merged_model_path), settings=config,
+        n=len(rows), models=models, merged_model_dir=merged_model_location or str(merged_model_path), settings=config,
         fine_tuned=scores["fine_tuned"], base=scores.get("base"), code_version=code_version,
     )
     report.write(out_dir)

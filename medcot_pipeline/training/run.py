@@ -33,7 +33,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     backend = backends.resolve_backend(job.settings.backend, "training", processes)
     backends.prepare(backend)
     # After Unsloth, which patches these libraries as it is imported.
-    from medcot_pipeline.training import progress, recipe
+    from medcot_pipeline.training import checkpoint_upload, progress, recipe
 
     settings = per_process_settings(job.settings, processes, log)
     output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
@@ -52,7 +52,8 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
         model, tokenizer = backends.load_for_training(backend, job.base_model.reference, settings, job.max_seq_length)
         trainer = recipe.build_trainer(
             model, tokenizer, settings, job.max_seq_length, train_frame, eval_frame, str(checkpoint_dir),
-            report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None, callbacks=[tracker],
+            report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
+            callbacks=[tracker, *checkpoint_upload.callbacks(job, log)],
         )
         resume_from = last_complete_checkpoint(checkpoint_dir, log)
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")

@@ -30,7 +30,8 @@ def rouge_report(
     base_ref = base_model.resolve(artifacts) if config.compare_with_base else None
     with artifacts.new_version("rouge_report", context.run_id) as staging:
         report = write_rouge_report(
-            merged_model, base_ref, validation, config, staging, log=context.log, code_version=current_code_version(context)
+            merged_model, base_ref, validation, config, staging, log=context.log, code_version=current_code_version(context),
+            merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
     tuned, base = report.fine_tuned, report.base

@@ -46,12 +46,15 @@ def lora_adapter(
         "\n".join([config.model_dump_json(), base_model.model_dump_json(), splits_sha256]).encode()
     ).hexdigest()[:16]
     checkpoint_dir = artifacts.path("lora_adapter", "checkpoints", run_key)
+    # Object storage: start from the newest checkpoint any node committed; training commits each new one there.
+    checkpoint_location = artifacts.fetch_checkpoints(checkpoint_dir, context.log)
     with artifacts.new_version("lora_adapter", context.run_id) as staging:
         job = TrainingJob(
             base_model=base,
             splits_dir=str(formatted_splits),
             output_dir=str(staging / "adapter"),
             checkpoint_dir=str(checkpoint_dir),
+            checkpoint_location=checkpoint_location,
             max_seq_length=base_model.max_seq_length,
             settings=config,
             wandb=WandbTarget(
@@ -123,7 +126,7 @@ def merged_model(
         except merging.MergeError as err:
             raise dg.Failure(str(err)) from err
         record = MergeRecord(
-            adapter_dir=str(lora_adapter), adapter_sha256=tree_sha256(lora_adapter), base_model=base, dtype=config.dtype,
+            adapter_dir=artifacts.location_of(lora_adapter), adapter_sha256=tree_sha256(lora_adapter), base_model=base, dtype=config.dtype,
             parameters=info["parameters"], weights_sha256=info["sha256"], size_bytes=info["size_bytes"],
             code_version=current_code_version(context),
         )

@@ -51,7 +51,8 @@ def hub_release(
         summary = TrainingSummary.read(lora_adapter)
     except ContractError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
-    check_lineage(report, merge, merged_model, lora_adapter)
+    # Contracts name artifacts by their location in the root (on object storage, not this node's copies).
+    check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter))
     facts = ReleaseFacts(
         repo_id=config.repo_id,
         license=config.license,
