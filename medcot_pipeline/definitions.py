@@ -16,7 +16,7 @@ for _category, _feature in (
 
 from medcot_pipeline.defs.assets import data, evaluation, model, release  # noqa: E402 - after the filters above
 from medcot_pipeline.defs.checks import ASSET_CHECKS  # noqa: E402
-from medcot_pipeline.defs.jobs import gpu_aware_executor, medcot_pipeline_job, retraining_job  # noqa: E402
+from medcot_pipeline.defs.jobs import medcot_pipeline_job, pipeline_executor, retraining_job  # noqa: E402
 from medcot_pipeline.defs.resources import build_resources  # noqa: E402
 from medcot_pipeline.defs.schedules import weekly_retraining  # noqa: E402
 from medcot_pipeline.defs.sensors import hub_dataset_revision  # noqa: E402
@@ -29,5 +29,5 @@ defs = dg.Definitions(
     schedules=[weekly_retraining],
     sensors=[hub_dataset_revision],
     resources=build_resources(PROFILE.resources),
-    executor=gpu_aware_executor(),
+    executor=pipeline_executor(),
 )

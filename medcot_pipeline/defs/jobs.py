@@ -26,6 +26,42 @@ def gpu_aware_executor() -> dg.ExecutorDefinition:
     )
 
 
+# MEDCOT_EXECUTOR picks where steps run: `multiprocess` (default) on this host, `ray` on the Ray cluster at RAY_ADDRESS.
+EXECUTOR_ENV = "MEDCOT_EXECUTOR"
+# Settings a step on a Ray node needs to load the same definitions, copied from the launching process into each
+# step's Ray job. Never secrets (HF_TOKEN, WANDB_API_KEY, AWS_*, DAGSTER_PG_PASSWORD): they would be readable in
+# the job's runtime_env by anyone who reaches the Ray dashboard; they belong in the nodes' own environment.
+RAY_FORWARDED_ENV = (EXECUTOR_ENV, "MEDCOT_RETRAIN_SCOPE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE")
+
+
+def ray_cluster_executor() -> dg.ExecutorDefinition:
+    """dagster-ray's ray_executor: every step is a Ray job on the cluster whose dashboard is at RAY_ADDRESS
+    (http://<head>:8265), asking for the resources in its `dagster-ray/config` tag (stages.ray_request).
+
+    Nothing is requested at executor level: dagster-ray lets an executor-level num_gpus override every step's tag.
+    """
+    from dagster_ray import ray_executor
+
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ValueError(f"{EXECUTOR_ENV}=ray needs RAY_ADDRESS, the Ray dashboard's address (e.g. http://ray-head:8265)")
+    from medcot_pipeline.defs.profiles import active_profile_path
+
+    # The node loads the profile this process loaded; the path must exist there (profiles ship with the code).
+    forwarded = [f"MEDCOT_PROFILE={active_profile_path().resolve()}", *(name for name in RAY_FORWARDED_ENV if os.environ.get(name))]
+    return ray_executor.configured({"ray": {"address": address, "env_vars": forwarded}})
+
+
+def pipeline_executor() -> dg.ExecutorDefinition:
+    """The executor MEDCOT_EXECUTOR names: `multiprocess` (default, gpu_aware_executor) or `ray`."""
+    choice = os.environ.get(EXECUTOR_ENV, "multiprocess")
+    if choice == "ray":
+        return ray_cluster_executor()
+    if choice != "multiprocess":
+        raise ValueError(f"{EXECUTOR_ENV}={choice!r}: expected multiprocess or ray")
+    return gpu_aware_executor()
+
+
 def retraining_selection() -> dg.AssetSelection:
     """MEDCOT_RETRAIN_SCOPE=full reloads the data too; the default retrains from the adapter down."""
     if os.environ.get("MEDCOT_RETRAIN_SCOPE", "from_adapter") == "full":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ from medcot_pipeline.defs.run_config_checks import command_line_config_files
 GPU_TAG_KEY = "medcot/gpu"
 GPU_TAG = {GPU_TAG_KEY: "true"}
 GPU_POOL = "gpu"
+# dagster-ray's ray_executor reads each step's request to Ray from this op tag (JSON; used only with MEDCOT_EXECUTOR=ray).
+RAY_CONFIG_TAG = "dagster-ray/config"
 # Resources whose settings change what a stage computes (the artifacts root and W&B project do not).
 SETTINGS_RESOURCES = ("base_model",)
 
@@ -117,8 +120,21 @@ def stage_code_version(fn: Callable, profile: Profile = PROFILE) -> str:
     return code_versions.code_version(fn, used)
 
 
+def ray_request(stage: Stage, profile: Profile = PROFILE) -> dict[str, float]:
+    """What a step asks a Ray cluster for: a GPU stage its settings' `num_gpus` (lora_adapter) or one GPU, a CPU
+    stage one CPU and no GPU.
+
+    Read from the profile when the definitions load, as op tags are: a launchpad change of num_gpus does not
+    change what Ray reserves. `num_gpus: 0` ("every visible GPU") asks Ray for one, since Ray grants counts, not
+    whole nodes. GPU steps ask for no CPU so that CPU steps never keep them off a GPU node.
+    """
+    if not stage.gpu:
+        return {"num_cpus": 1}
+    return {"num_gpus": max(1, getattr(profile_settings(stage.asset, profile), "num_gpus", 1))}
+
+
 def stage_asset(**asset_kwargs) -> Callable:
-    """`dg.asset` with what the table and the profile say: group, GPU tag and pool, code version."""
+    """`dg.asset` with what the table and the profile say: group, GPU tag and pool, Ray request, code version."""
 
     def decorate(fn: Callable) -> dg.AssetsDefinition:
         stage = STAGES[fn.__name__]
@@ -132,7 +148,7 @@ def stage_asset(**asset_kwargs) -> Callable:
             name=stage.asset,
             group_name=stage.group,
             code_version=stage_code_version(fn),
-            op_tags=GPU_TAG if stage.gpu else None,
+            op_tags={**(GPU_TAG if stage.gpu else {}), RAY_CONFIG_TAG: json.dumps(ray_request(stage), sort_keys=True)},
             pool=GPU_POOL if stage.gpu else None,
             **asset_kwargs,
         )(tagged)
