@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# PostgreSQL, SeaweedFS S3 and a Ray cluster on loopback, for the scale-out tests (started only when asked for).
+pytest_plugins = ("medcot_pipeline_tests.scale_out_services",)
+
 # Nothing here may reach the Hub; fail fast instead of retrying DNS for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
