@@ -49,7 +49,9 @@ def ray_cluster_executor() -> dg.ExecutorDefinition:
 
     # The node loads the profile this process loaded; the path must exist there (profiles ship with the code).
     forwarded = [f"MEDCOT_PROFILE={active_profile_path().resolve()}", *(name for name in RAY_FORWARDED_ENV if os.environ.get(name))]
-    return ray_executor.configured({"ray": {"address": address, "env_vars": forwarded}})
+    # The same run-config check as on one host, before the first step is submitted.
+    checked = run_config_checked(ray_executor, {name: stage.settings for name, stage in STAGES.items()})
+    return checked.configured({"ray": {"address": address, "env_vars": forwarded}})
 
 
 def pipeline_executor() -> dg.ExecutorDefinition:
