@@ -70,8 +70,10 @@ def newest_run(stage_dir: Path) -> Path:
     stage_dir = Path(stage_dir)
     ref = stage_dir.parent / "refs" / f"{stage_dir.name}.json"
     try:
-        recorded = Path(json.loads(ref.read_text())["path"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(ref.read_text())
+        # "location" since the root may be object storage (artifact_store.write_ref); "path" in older roots.
+        recorded = Path(record.get("location") or record["path"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         recorded = None
     # The ref holds an absolute path; trust it only while it still names a model in this stage directory.
     if recorded is not None and _is_model_dir(recorded) and recorded.resolve().is_relative_to(stage_dir.resolve()):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from medcot_pipeline.artifact_store import ArtifactRoot
 from medcot_pipeline.cli import main
 from medcot_pipeline.model_paths import ModelLoadError, model_argument, newest_run
 
@@ -31,6 +32,7 @@ def run_probe(code: str) -> dict:
 def test_help_and_argument_errors_return_without_importing_torch(tmp_path):
     probe = f"""
 import contextlib, io, json, sys
+from medcot_pipeline.artifact_store import ArtifactRoot
 from medcot_pipeline.cli import main
 results = {{}}
 for name, argv in {{
@@ -125,7 +127,9 @@ def test_a_stage_directory_resolves_to_its_newest_complete_run(tmp_path):
     assert model_argument(str(old), root) == str(old)  # a model directory: as given
 
     # The run the pipeline last handed on (refs/merged_model.json, written by the IO manager) wins over mtime.
-    (root / "refs").mkdir()
+    ArtifactRoot(str(root)).write_ref("merged_model", "run-old", str(old))
+    assert model_argument("latest", root) == str(old)
+    # A root written before object storage was supported names it by "path".
     (root / "refs" / "merged_model.json").write_text(json.dumps({"path": str(old), "run_id": "run-old"}))
     assert model_argument("latest", root) == str(old)
     shutil.rmtree(old)  # a ref to a deleted run falls back to the newest one left
