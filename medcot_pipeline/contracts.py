@@ -174,6 +174,12 @@ class TrainingSummary(Contract):
     learning_rate_final: Optional[float] = None
     loss_per_step: list[dict[str, Any]]
     eval_losses: list[dict[str, Any]]
+    # Grading during training (training/grading.py): per graded step, eval_loss, format_compliance,
+    # rouge_l_response, truncation_rate and grade; the adapter is the checkpoint of kept_step.
+    graded_steps: list[dict[str, Any]] = []
+    graded_questions: int = 0
+    kept_step: Optional[int] = None
+    kept_by: str = "last step"
     tokens_seen: int
     tokens_this_run: int
     tokens_per_second: Optional[float] = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 # Not pinned: this machine cannot reach the Hub to read the dataset's current commit. Set `hub_revision` to a
@@ -83,6 +83,29 @@ class TrainingSettings(Settings):
     )
     seed: int = 3407
     report_to_wandb: bool = True
+    # Grading during training (training/grading.py): the checkpoint that answers best is kept, not the last one.
+    grade_questions: int = Field(
+        default=16,
+        ge=0,
+        description="Validation questions answered at each evaluation; format compliance and ROUGE-L choose the "
+        "checkpoint that is kept. 0 grades nothing and keeps the last step. Needs eval_steps.",
+    )
+    grade_max_new_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="New tokens per graded answer; an answer not closed by then counts as not compliant, so keep it "
+        "above the length of a whole answer (medical-o1 answers run to several hundred tokens).",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints_at_graded_steps(self):
+        # The Trainer can only keep a graded step it saved (load_best_model_at_end refuses other layouts).
+        if self.grade_questions and self.eval_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) so that the "
+                "best-graded checkpoint can be kept; set them equal, or grade_questions: 0"
+            )
+        return self
 
     @field_validator("num_gpus")
     @classmethod

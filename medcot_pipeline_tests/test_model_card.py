@@ -171,3 +171,33 @@ def test_usage_snippet_runs_and_splits_the_tags(tiny_llama_dir):
     scope = {"text": tagged}
     exec("\n".join(lines), scope)
     assert (scope["reasoning"], scope["answer"]) == ("K+ shifts the resting potential", "Hyperkalaemia")
+
+
+def test_card_states_the_n_behind_each_score():
+    text = build_model_card(facts()).text
+    assert "n = 100 answers per model for ROUGE-L, well-formed output and cut-off; n = 60 questions with answer options" in text
+    without_options = evaluation_report(fine_tuned=scores(mc_accuracy=None, mc_n=0), base=scores(mc_accuracy=None, mc_n=0))
+    assert "n = 100 answers per model for ROUGE-L, well-formed output and cut-off." in build_model_card(facts(evaluation=without_options)).text
+
+
+def test_card_states_which_step_was_kept_and_why():
+    graded = [
+        {"step": 50, "eval_loss": 1.29, "format_compliance": 0.25, "rouge_l_response": 0.11, "truncation_rate": 0.75, "grade": 0.26},
+        {"step": 150, "eval_loss": 1.35, "format_compliance": 0.9375, "rouge_l_response": 0.312, "truncation_rate": 0.0625, "grade": 0.95},
+        {"step": 200, "eval_loss": 1.34, "format_compliance": 0.875, "rouge_l_response": 0.35, "truncation_rate": 0.125, "grade": 0.90},
+    ]
+    summary = training_summary(graded_steps=graded, graded_questions=16, kept_step=150, kept_by="grade: format compliance, then ROUGE-L")
+    text = build_model_card(facts(training=summary)).text
+
+    assert table_row(text, "Step kept") == ["150"] and table_row(text, "Steps trained") == ["200"]
+    assert (
+        "The weights are those of step 150 of 200: at each evaluation (steps 50, 150, 200) the model answered the same "
+        "16 validation questions, and this checkpoint's answers graded best, with format compliance 93.8% and "
+        "ROUGE-L (response) 0.312, validation loss 1.350."
+    ) in " ".join(text.split())
+    assert "not by validation loss" in text
+    assert "`eval/format_compliance`" in text  # where the W&B run shows compliance over the steps
+
+    ungraded = build_model_card(facts()).text
+    assert "The weights are those of the last training step (200); checkpoints were not graded during training." in ungraded
+    assert "eval/format_compliance" not in ungraded

@@ -37,10 +37,18 @@ def test_seed_profile_holds_the_seeds_hyperparameters():
     assert (training.learning_rate, training.max_steps, training.eval_steps, training.save_steps) == (1e-5, 200, 50, 50)
     assert (training.lora_r, training.lora_alpha, training.lora_dropout) == (16, 32, 0.05)
     assert training.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (training.warmup_steps, training.lr_scheduler_type, training.weight_decay, training.seed) == (5, "linear", 0.01, 3407)
     assert (training.packing, training.num_gpus) == (False, 1)
+    assert training.grade_questions == 0  # the seed kept its last step
     assert profile.ops["raw_dataset"] == {"source": "hub", "hub_dataset": "FreedomIntelligence/medical-o1-reasoning-SFT", "hub_config": "en"}
     assert profile_settings("formatted_splits", profile).validation_size == 100
     assert profile_settings("merged_model", profile).dtype == "float16"
+
+
+def test_demo_profile_grades_during_training():
+    training = profile_settings("lora_adapter", read_profile(PROFILES_DIR / "demo.yaml"))
+    assert training.grade_questions > 0 and training.eval_steps is not None
+    assert training.save_steps % training.eval_steps == 0
 
 
 @pytest.mark.parametrize(
@@ -54,6 +62,7 @@ def test_seed_profile_holds_the_seeds_hyperparameters():
         ("resources:\n  hub:\n    config:\n      token: hf_abc\n", "secrets come from the environment"),
         ("oops: 1\n", "unknown top-level key"),
         ("ops: [1, 2\n", "not valid YAML"),
+        ("ops:\n  lora_adapter:\n    config:\n      eval_steps: 6\n      save_steps: 4\n", "save_steps (4) must be a multiple of eval_steps (6)"),
     ],
 )
 def test_bad_profile_names_the_key(tmp_path, body, named):

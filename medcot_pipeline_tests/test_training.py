@@ -49,6 +49,8 @@ def make_job(base_model, splits, out: Path, *, wandb=False, profile=None, **trai
         lora_alpha=8,
         eval_steps=None,
         report_to_wandb=wandb,
+        # Where a test evaluates, grading answers the validation questions: a few tokens are enough on a random model.
+        grade_max_new_tokens=16,
     )
     settings.update(training)
     return TrainingJob(

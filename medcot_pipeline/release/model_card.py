@@ -42,6 +42,7 @@ TRAINING_LABELS = {
     "lora_dropout": "LoRA dropout",
     "lora_target_modules": "LoRA target modules",
     "global_step": "Steps trained",
+    "kept_step": "Step kept",
     "eval_loss_final": "Final validation loss",
 }
 # The dataset as the card names it when it came from the package's own sample rather than the Hub or a file.
@@ -96,6 +97,7 @@ class ReleaseFacts:
             "processes": summary.processes,
             "max_seq_length": summary.max_seq_length,
             "global_step": summary.global_step,
+            "kept_step": summary.kept_step,
             "eval_loss_final": summary.eval_loss_final,
         }
         return {key: rows[key] for key in TRAINING_LABELS if rows.get(key) is not None}
@@ -184,12 +186,39 @@ def code_versions_text(code_version: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
-def wandb_text(run: Optional[str]) -> str:
+def wandb_text(run: Optional[str], graded: bool = False) -> str:
     if not run:
         return "Training was not logged to Weights & Biases."
+    curves = " (format compliance and ROUGE-L per evaluation: `eval/format_compliance`, `eval/rouge_l_response`)" if graded else ""
     if run.startswith(("http://", "https://")):
-        return f"Training curves: [{run}]({run})"
-    return f"Training was logged offline to `{run}` (not synced to Weights & Biases)."
+        return f"Training curves{curves}: [{run}]({run})"
+    return f"Training was logged offline{curves} to `{run}` (not synced to Weights & Biases)."
+
+
+def kept_checkpoint_text(summary: TrainingSummary) -> str:
+    """Which training step's weights these are, and why that one (training/grading.py chose it)."""
+    kept = next((row for row in summary.graded_steps if row.get("step") == summary.kept_step), None)
+    if kept is None:
+        step = summary.kept_step if summary.kept_step is not None else summary.global_step
+        return f"The weights are those of the last training step ({step}); checkpoints were not graded during training."
+    steps = ", ".join(str(row["step"]) for row in summary.graded_steps)
+    loss = kept.get("eval_loss")
+    return (
+        f"The weights are those of step {summary.kept_step} of {summary.global_step}: at each evaluation (steps {steps}) "
+        f"the model answered the same {summary.graded_questions} validation questions, and this checkpoint's answers "
+        f"graded best, with format compliance {kept['format_compliance']:.1%} and ROUGE-L (response) "
+        f"{kept['rouge_l_response']:.3f}{f', validation loss {loss:.3f}' if loss is not None else ''}. Checkpoints are "
+        "ranked by format compliance first and ROUGE-L second, not by validation loss: an answer that does not close "
+        "its tags has no usable response, and validation loss can be lowest before the format is learned."
+    )
+
+
+def sample_sizes_text(report: EvaluationReport) -> str:
+    """The n behind each row of the results table."""
+    text = f"n = {report.n} answers per model for ROUGE-L, well-formed output and cut-off"
+    if report.fine_tuned.mc_accuracy is not None:
+        text += f"; n = {report.fine_tuned.mc_n} questions with answer options for multiple-choice accuracy"
+    return text + "."
 
 
 # Other models' MedQA accuracies, quoted as context beside ours (HuatuoGPT-o1 paper, Chen et al. 2024, arXiv:2412.18925).
@@ -292,6 +321,8 @@ answer of the dataset.
 
 {{ results_table }}
 
+{{ sample_sizes }}
+
 - ROUGE-L F1 measures word overlap with the reference (longest common subsequence). It rewards answers phrased
   like the references, not medical correctness: a correct answer in other words scores low, and a fluent wrong
   one can score well.
@@ -310,6 +341,8 @@ answer of the dataset.
 {{ training_table }}
 
 Hardware: {{ hardware }}. Training wall time: {{ wall_time }}.
+
+{{ kept_checkpoint }}
 
 ## Intended use
 
@@ -423,12 +456,14 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         n_text=f"{report.n} questions held out of training",
         results_table=comparison_table(report),
         multiple_choice=multiple_choice_text(report),
+        sample_sizes=sample_sizes_text(report),
+        kept_checkpoint=kept_checkpoint_text(summary),
         training_table=training_table(facts.training_rows()),
         hardware=summary.hardware,
         wall_time=_duration(summary.wall_time_seconds),
         language={"en": "English"}.get(facts.language, facts.language),
         code_versions=code_versions_text(facts.code_version),
-        wandb=wandb_text(facts.wandb_run),
+        wandb=wandb_text(facts.wandb_run, graded=bool(summary.graded_steps)),
     )
 
 

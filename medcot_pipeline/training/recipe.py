@@ -17,7 +17,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from medcot_pipeline.settings import TrainingSettings
-from medcot_pipeline.training import distributed
+from medcot_pipeline.training import distributed, grading
 from medcot_pipeline.training.sft_data import to_training_dataset
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def build_sft_config(
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     evaluate = has_eval and settings.eval_steps is not None
+    keep_best = grading.grades_training(settings, has_eval)
     return SFTConfig(
         output_dir=output_dir,
         run_name=run_name,
@@ -82,6 +83,10 @@ def build_sft_config(
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=settings.save_total_limit,
+        # The checkpoint that answered best is kept (and spared by save_total_limit), not the last (training/grading.py).
+        load_best_model_at_end=keep_best,
+        metric_for_best_model=grading.GRADE_METRIC if keep_best else None,
+        greater_is_better=True if keep_best else None,
         # Examples are tokenized before training; worker processes would only compete for the few cores.
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
@@ -102,10 +107,16 @@ def build_trainer(
     run_name: str | None = None,
     callbacks: Iterable = (),
     sft_overrides: dict | None = None,
+    backend: str = "transformers",
+    answer_questions: grading.AnswerQuestions | None = None,
+    log: logging.Logger | None = None,
 ) -> SFTTrainer:
     """TRL's trainer for a model from `backends.load_for_training`, on prompt-completion datasets built from the splits.
 
     `sft_overrides` replaces SFTConfig fields that no pipeline setting covers (a benchmark's eval batch, say).
+    When the settings grade during training, `eval_frame` also needs the `response` column, and a
+    `GradingCallback` (answering with `answer_questions`, default generate_answers; reporting to `log`)
+    chooses the checkpoint kept.
     """
     train_dataset = to_training_dataset(tokenizer, train_frame)
     eval_dataset = to_training_dataset(tokenizer, eval_frame) if eval_frame is not None and len(eval_frame) else None
@@ -114,7 +125,7 @@ def build_trainer(
     )
     if sft_overrides:
         sft_config = dataclasses.replace(sft_config, **sft_overrides)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_config,
         train_dataset=train_dataset,
@@ -122,3 +133,16 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    if grading.grades_training(settings, eval_dataset is not None) and sft_config.load_best_model_at_end:
+        trainer.add_callback(
+            grading.GradingCallback(
+                trainer,
+                grading.grading_questions(eval_frame, settings.grade_questions, settings.seed),
+                grading.generation_settings(settings),
+                max_prompt_tokens=max_seq_length,
+                backend=backend,
+                answer=answer_questions,
+                log=log,
+            )
+        )
+    return trainer

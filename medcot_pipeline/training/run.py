@@ -18,7 +18,7 @@ from pathlib import Path
 from medcot_pipeline import backends
 from medcot_pipeline.artifact_io import atomic_directory
 from medcot_pipeline.contracts import TrainingJob, TrainingSummary, WandbRun, WandbTarget
-from medcot_pipeline.data.schema import TRAINING_COLUMNS, read_split
+from medcot_pipeline.data.schema import EVALUATION_COLUMNS, TRAINING_COLUMNS, read_split
 from medcot_pipeline.environment import TRAINING_PACKAGES, UNSLOTH_PACKAGES, hardware_name, library_versions
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import distributed
@@ -33,12 +33,13 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     backend = backends.resolve_backend(job.settings.backend, "training", processes)
     backends.prepare(backend)
     # After Unsloth, which patches these libraries as it is imported.
-    from medcot_pipeline.training import checkpoint_upload, progress, recipe
+    from medcot_pipeline.training import checkpoint_upload, grading, progress, recipe
 
     settings = per_process_settings(job.settings, processes, log)
     output_dir, checkpoint_dir = Path(job.output_dir), Path(job.checkpoint_dir)
     train_frame = read_split(job.splits_dir, "train", TRAINING_COLUMNS)
-    eval_frame = read_split(job.splits_dir, "validation", TRAINING_COLUMNS)
+    # The reference responses too: grading during training scores answers against them.
+    eval_frame = read_split(job.splits_dir, "validation", EVALUATION_COLUMNS)
     log.info(
         f"training {job.base_model.name} with {backend} in {processes} process(es): {len(train_frame)} training and "
         f"{len(eval_frame)} validation records, {settings.max_steps} steps, {global_batch(settings, processes).describe()}"
@@ -53,7 +54,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
         trainer = recipe.build_trainer(
             model, tokenizer, settings, job.max_seq_length, train_frame, eval_frame, str(checkpoint_dir),
             report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
-            callbacks=[tracker, *checkpoint_upload.callbacks(job, log)],
+            callbacks=[tracker, *checkpoint_upload.callbacks(job, log)], backend=backend, log=log,
         )
         resume_from = last_complete_checkpoint(checkpoint_dir, log)
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")
@@ -63,10 +64,17 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             raise RuntimeError(out_of_memory_advice(settings, job.max_seq_length, job.profile)) from err
         step = trainer.state.global_step
         evals = progress.eval_rows(trainer.state.log_history)
-        # The Trainer already evaluates at the last step when eval_steps divides max_steps.
-        if trainer.eval_dataset is not None and not (evals and evals[-1]["step"] == step):
+        keeps_best = trainer.args.load_best_model_at_end
+        # The Trainer evaluates the last step itself when eval_steps is set; without it, evaluate once here.
+        # Not after loading the best-graded checkpoint: that would log the kept model's scores as the last step's.
+        if trainer.eval_dataset is not None and not keeps_best and not (evals and evals[-1]["step"] == step):
             trainer.evaluate()
             evals = progress.eval_rows(trainer.state.log_history)
+        kept_best = keeps_best and trainer.state.best_model_checkpoint is not None
+        kept_step = trainer.state.best_global_step if kept_best else step
+        graded_questions = min(job.settings.grade_questions, len(eval_frame)) if keeps_best else 0
+        if kept_step != step:
+            log.info(f"kept the checkpoint of step {kept_step} (best graded), not the last step {step}")
 
         history = trainer.state.log_history
         losses = progress.loss_rows(history, tracker.timings)
@@ -95,6 +103,10 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             learning_rate_final=losses[-1]["learning_rate"] if losses else None,
             loss_per_step=losses,
             eval_losses=evals,
+            graded_steps=grading.graded_rows(trainer.state.log_history),
+            graded_questions=graded_questions,
+            kept_step=kept_step,
+            kept_by=grading.KEPT_BY_GRADE.format(n=graded_questions) if kept_best else grading.KEPT_BY_LAST_STEP,
             tokens_seen=trainer.state.num_input_tokens_seen,
             tokens_this_run=tracker.session_tokens,
             tokens_per_second=tracker.tokens_per_second,
@@ -204,7 +216,8 @@ def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, h
         tokenizer.save_pretrained(staging)
         loss_curve_png(history, staging / LOSS_CURVE_FILE)
         summary.write(staging)
-    log.info(f"adapter saved ({summary.global_step} steps)")
+    kept = "" if summary.kept_step in (None, summary.global_step) else f", the checkpoint of step {summary.kept_step}"
+    log.info(f"adapter saved ({summary.global_step} steps{kept})")
 
 
 def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
@@ -268,6 +281,7 @@ def _markdown_rows(rows: dict) -> dict:
 def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dict:
     """The summary as Dagster metadata: the loss curve first (small enough to show inline), the few numbers
     worth a chart across runs (the Plots tab draws every numeric entry), then the rest as tables."""
+    from medcot_pipeline.training.grading import GRADE_KEYS as grading_keys
     from medcot_pipeline.training.progress import loss_chart_markdown, markdown_image
 
     wandb = summary.wandb
@@ -275,6 +289,7 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
         {"step": r["step"], "eval_loss": r["eval_loss"]} for r in summary.eval_losses
     ]
     data = summary.model_dump()
+    kept = next((row for row in summary.graded_steps if row["step"] == summary.kept_step), {})
 
     def rounded(value, digits: int = 4):
         return None if value is None else float(f"{value:.{digits}g}")
@@ -287,6 +302,10 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
         "tokens_per_second": _value(rounded(data["tokens_per_second"]), "float"),
         "training_seconds": _value(rounded(data["training_seconds"]), "float"),
         "peak_gpu_memory_gib": _value(rounded(data["peak_gpu_memory_gib"], 3), "float"),
+        # Grading during training (training/grading.py): the step whose answers graded best, and its grades.
+        "kept_step": _value(data["kept_step"], "int"),
+        "kept_format_compliance": _value(rounded(kept.get("format_compliance")), "float"),
+        "kept_rouge_l_response": _value(rounded(kept.get("rouge_l_response")), "float"),
         "training": _markdown_rows({
             "profile": summary.profile,
             "backend": summary.backend,
@@ -301,6 +320,8 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
             "validation rows": summary.validation_rows,
             "tokens seen": summary.tokens_seen,
             "wall time (s)": summary.wall_time_seconds,
+            "graded questions": summary.graded_questions,
+            "checkpoint kept by": summary.kept_by,
         }),
         "loss_per_step": _table(
             [
@@ -322,6 +343,14 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
         ),
         "eval_losses": _table(
             [{**row, "eval_loss": rounded(row.get("eval_loss"))} for row in data["eval_losses"]], {"step": "int", "eval_loss": "float"}
+        ),
+        # What each evaluation's answers scored (format compliance, ROUGE-L, cut off) beside eval loss.
+        "graded_steps": _table(
+            [
+                {**row, **{key: rounded(row.get(key)) for key in ("eval_loss", *grading_keys)}, "kept": row["step"] == data["kept_step"]}
+                for row in data["graded_steps"]
+            ],
+            {"step": "int", "eval_loss": "float", **{key: "float" for key in grading_keys}, "kept": "bool"},
         ),
         "loss_curve_png": _value(markdown_image(adapter_dir / LOSS_CURVE_FILE), "md"),
         "backend": _value(data["backend"], "text"),
