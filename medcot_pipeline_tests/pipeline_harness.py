@@ -24,7 +24,8 @@ def tiny_profile(base_model: Path, artifacts: Path, **ops_overrides) -> dict:
                 "backend": "transformers", "load_in_4bit": False, "max_steps": 2,
                 "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
                 "optim": "adamw_torch", "gradient_checkpointing": False, "eval_steps": 2, "save_steps": 2,
-                "report_to_wandb": False,
+                # Graded at the evaluation (training/grading.py); a random model never closes its tags, so few tokens.
+                "report_to_wandb": False, "grade_max_new_tokens": 8,
             }},
             "merged_model": {"config": {"dtype": "float32"}},
             "rouge_report": {"config": {

@@ -1,6 +1,8 @@
 """Grading during training: the checkpoint kept is the one whose answers grade best (format compliance, then
 ROUGE-L), not the one with the lowest eval loss; the grades reach log_history, W&B, the summary and Dagster."""
 
+import threading
+
 import dagster as dg
 import pandas as pd
 import pytest
@@ -11,7 +13,9 @@ from medcot_pipeline.contracts import TrainingSummary
 from medcot_pipeline.evaluation.generation import GeneratedAnswer, GenerationRun
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.tagged_output import parse_tagged_output
-from medcot_pipeline.training import grading, run
+from medcot_pipeline.training import distributed, grading, run
+from medcot_pipeline_tests.pipeline_harness import step_errors
+from medcot_pipeline_tests.test_distributed import TRAINING_MODULE, our_training_ranks
 from medcot_pipeline_tests.test_training import materialize_training, make_job, recording_logger, splits  # noqa: F401
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -162,3 +166,42 @@ def test_real_answers_are_graded_at_each_evaluation_and_reach_dagster(tiny_llama
     assert metadata["kept_format_compliance"].value == pytest.approx(best["format_compliance"], rel=1e-3)
     assert "| graded questions | 2 |" in metadata["training"].value
     assert "| checkpoint kept by | grade: format compliance, then ROUGE-L (response), on 2 validation questions |" in metadata["training"].value
+
+
+def test_two_gloo_processes_grade_their_share_and_keep_the_same_step(tiny_llama_dir, splits, tmp_path):  # noqa: F811
+    """Data-parallel grading: each rank answers its share, all gather the same answers and keep the same step
+    (run.train checks it), and nothing waits forever in a collective while another rank generates."""
+    extras = make_job(
+        tiny_llama_dir, splits, tmp_path, max_steps=2, eval_steps=1, save_steps=1, per_device_train_batch_size=2,
+        gradient_accumulation_steps=1, grade_questions=2, grade_max_new_tokens=6,
+    ).model_dump(mode="json")
+
+    @dg.asset
+    def lora_adapter(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
+        return pipes.run(
+            command=distributed.launch_command(2, TRAINING_MODULE), context=context, extras=extras,
+            env=distributed.launch_env(2, tmp_path / "failure.json"),
+        ).get_materialize_result()
+
+    # A deadlock would hang the test: end our ranks after a generous bound, so it fails instead.
+    hung: dict = {}
+    watchdog = threading.Timer(420, lambda: hung.update({rank: p.kill() for rank, p in our_training_ranks().items()}))
+    watchdog.start()
+    try:
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([lora_adapter], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance, raise_on_error=False)
+    finally:
+        watchdog.cancel()
+    assert not hung, f"ranks {sorted(hung)} were still running after 420 s"
+    assert result.success, step_errors(instance, result.run_id)
+
+    summary = TrainingSummary.read(tmp_path / "adapter")
+    assert summary.processes == 2
+    assert [row["step"] for row in summary.graded_steps] == [1, 2] and summary.graded_questions == 2
+    best = max(summary.graded_steps, key=lambda row: (row["grade"], -row["step"]))
+    assert summary.kept_step == best["step"]
+    saved = load_file(tmp_path / "adapter" / ADAPTER_WEIGHTS)
+    kept = load_file(tmp_path / "checkpoints" / f"checkpoint-{best['step']}" / ADAPTER_WEIGHTS)
+    assert all((saved[k] == kept[k]).all() for k in saved)
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert sum("2 validation questions answered" in m for m in messages) == 2  # rank 0's log, once per evaluation

@@ -183,6 +183,23 @@ class GradingCallback(TrainerCallback):
         return list(run.answers)
 
 
+def agreed_kept_step(accelerator, kept_step: int) -> int:
+    """`kept_step`, checked to be the one every data-parallel rank kept.
+
+    Each rank loads the checkpoint it judged best at the end; rank 0 saves it. The ranks grade the same gathered
+    answers, so they agree by construction; this makes a disagreement (a rank that graded other answers) an
+    error instead of an adapter that differs from what the other ranks trained on.
+    """
+    if accelerator.num_processes <= 1:
+        return kept_step
+    from accelerate.utils import gather_object
+
+    kept = gather_object([kept_step])
+    if len(set(kept)) != 1:
+        raise RuntimeError(f"data-parallel ranks kept different checkpoints: step by rank {dict(enumerate(kept))}")
+    return kept_step
+
+
 def graded_rows(log_history: list[dict]) -> list[dict]:
     """One row per graded step: eval loss and the grades side by side, from `trainer.state.log_history`."""
     rows: dict[int, dict] = {}

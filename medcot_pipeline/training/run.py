@@ -71,7 +71,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             trainer.evaluate()
             evals = progress.eval_rows(trainer.state.log_history)
         kept_best = keeps_best and trainer.state.best_model_checkpoint is not None
-        kept_step = trainer.state.best_global_step if kept_best else step
+        kept_step = grading.agreed_kept_step(trainer.accelerator, trainer.state.best_global_step if kept_best else step)
         graded_questions = min(job.settings.grade_questions, len(eval_frame)) if keeps_best else 0
         if kept_step != step:
             log.info(f"kept the checkpoint of step {kept_step} (best graded), not the last step {step}")
