@@ -196,6 +196,10 @@ def test_card_states_which_step_was_kept_and_why():
         "ROUGE-L (response) 0.312, validation loss 1.350."
     ) in " ".join(text.split())
     assert "not by validation loss" in text
+    # Every evaluation's grades, the kept one marked: compliance over the steps, in the card itself.
+    assert table_row(text, "50") == ["1.290", "25.0%", "0.110", "75.0%"]
+    assert table_row(text, "**150** (kept)") == ["1.350", "93.8%", "0.312", "6.2%"]
+    assert table_row(text, "200") == ["1.340", "87.5%", "0.350", "12.5%"]
     assert "`eval/format_compliance`" in text  # where the W&B run shows compliance over the steps
 
     ungraded = build_model_card(facts()).text

@@ -209,8 +209,22 @@ def kept_checkpoint_text(summary: TrainingSummary) -> str:
         f"graded best, with format compliance {kept['format_compliance']:.1%} and ROUGE-L (response) "
         f"{kept['rouge_l_response']:.3f}{f', validation loss {loss:.3f}' if loss is not None else ''}. Checkpoints are "
         "ranked by format compliance first and ROUGE-L second, not by validation loss: an answer that does not close "
-        "its tags has no usable response, and validation loss can be lowest before the format is learned."
+        "its tags has no usable response, and validation loss can be lowest before the format is learned.\n\n"
+        + graded_steps_table(summary)
     )
+
+
+def graded_steps_table(summary: TrainingSummary) -> str:
+    """The grades of every evaluation during training, the kept step marked: how the format was learned."""
+    rows = ["| Step | Validation loss | Well-formed | ROUGE-L (response) | Cut off |", "|---|---|---|---|---|"]
+    for row in summary.graded_steps:
+        loss = row.get("eval_loss")
+        step = f"**{row['step']}** (kept)" if row["step"] == summary.kept_step else str(row["step"])
+        rows.append(
+            f"| {step} | {'n/a' if loss is None else f'{loss:.3f}'} | {row['format_compliance']:.1%} | "
+            f"{row['rouge_l_response']:.3f} | {row['truncation_rate']:.1%} |"
+        )
+    return "\n".join(rows)
 
 
 def sample_sizes_text(report: EvaluationReport) -> str:
