@@ -13,7 +13,8 @@ model, each answer run to its limit or its stop token (1,024 new tokens, then 51
         --out $OUT/quality_on_gpu.json
     python benchmarks/quality_on_gpu.py --tiny --out /tmp/quality_tiny.json     # CPU smoke run (tests call it)
 
-For every setting the JSON has eval loss at each evaluation step, format compliance, truncation rate,
+For every setting the JSON has eval loss at each evaluation step (with the compliance and ROUGE-L of the
+graded validation questions at that step, and the step kept), format compliance, truncation rate,
 ROUGE-L (response and full) for the fine-tuned model and the base, multiple-choice accuracy where the report has
 one, training and generation tokens/s, the wall time of each step, and whether the issue's target is met
 (compliance >= 95%, ROUGE-L response >= base + 0.08, truncation <= 5%). Settings run concurrently, `--per-gpu`
@@ -73,7 +74,7 @@ SETTINGS: dict[str, dict] = {
 TINY = {"layout": "t4", "base": True, "lora": {
     "backend": "transformers", "load_in_4bit": False, "max_steps": 2, "per_device_train_batch_size": 2,
     "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "optim": "adamw_torch", "gradient_checkpointing": False,
-    "eval_steps": 2, "save_steps": 2, "warmup_steps": 0,
+    "eval_steps": 2, "save_steps": 2, "warmup_steps": 0, "grade_max_new_tokens": 8,
 }}
 
 
@@ -178,6 +179,9 @@ def summarize(name: str, setting: dict, raw: dict, base_scores: dict | None) -> 
         "train_records": training.get("train_rows"),
         "validation_records": training.get("validation_rows"),
         "eval_loss_per_step": training.get("eval_losses"),
+        # Grading during training (training/grading.py): compliance and ROUGE-L at each evaluation, the step kept.
+        "graded_per_step": training.get("graded_steps"),
+        "kept_step": training.get("kept_step"),
         "train_loss_final": training.get("train_loss_final"),
         "training_tokens_per_second": training.get("tokens_per_second"),
         "training_seconds": training.get("training_seconds"),

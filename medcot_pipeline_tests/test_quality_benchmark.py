@@ -22,6 +22,8 @@ def test_tiny_quality_run_materializes_through_rouge_report_and_writes_every_num
     # The five assets ran as Dagster steps, the training process trained and evaluated, the report graded both models.
     assert {"raw_dataset", "formatted_splits", "lora_adapter", "merged_model", "rouge_report"} <= set(row["step_seconds"])
     assert [entry["step"] for entry in row["eval_loss_per_step"]] == [2]
+    # Graded during training at the same step, which is the one kept.
+    assert [entry["step"] for entry in row["graded_per_step"]] == [2] and row["kept_step"] == 2
     assert row["training_values"]["learning_rate"] == 1e-3 and row["train_records"] > 0
     assert row["n_questions"] == 2 and row["base_from"] == "this run"
     for scores in (row["fine_tuned"], row["base"]):
