@@ -50,7 +50,17 @@ def instance_at(home: Path) -> dg.DagsterInstance:
 
 @pytest.fixture
 def home(tmp_path) -> Path:
+    """A DAGSTER_HOME with the repo's own dagster.yaml (medcot's instance class, which refuses secrets)."""
     path = tmp_path / "dagster_home"
+    path.mkdir()
+    (path / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    return path
+
+
+@pytest.fixture
+def plain_home(tmp_path) -> Path:
+    """A DAGSTER_HOME whose dagster.yaml does not name medcot's instance class (a team's own instance)."""
+    path = tmp_path / "plain_dagster_home"
     path.mkdir()
     (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return path
@@ -170,13 +180,34 @@ def test_cli_refuses_an_out_of_range_value_at_launch_naming_file_and_key(tmp_pat
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_config_json_secret_is_refused_before_the_run_is_stored(tmp_path, home):
+    """`--config-json` for some assets with a W&B key under a resource they do not use: Dagster's schema lets that
+    through (the implicit asset job accepts config for unused resources), medcot's instance refuses it in one line
+    naming the key. No run, no step, the key in no file under DAGSTER_HOME."""
+    config = {
+        "ops": {"raw_dataset": {"config": {"source": "sample"}}},
+        "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}, "wandb": {"config": {"api_key": WANDB_KEY}}},
+    }
+    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits",
+                         "--config-json", json.dumps(config))
+
+    assert result.returncode != 0
+    assert last_line(result) == (
+        "medcot_pipeline.defs.instance.SecretInRunConfigError: run config resources.wandb.config.api_key: secrets come "
+        "from the environment (WANDB_API_KEY), never from run config; the run was refused before anything was stored"
+    )
+    assert list(instance_at(home).get_runs()) == []
+    assert list(home.rglob("*.db")), "the instance was never created: nothing was scanned"
+    assert stored_files_holding(home, WANDB_KEY) == []
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_config_json_with_bad_values_fails_before_the_first_step(tmp_path, home):
     """`--config-json` (no file to read at load): the executor's check fails the run before any step, in one line that
-    names each key and value. The W&B key sat in config Dagster does not check for this run, so it was stored with
-    the run; the message says so, and `dagster run delete` (its advice) removes the run."""
+    names the key and the value."""
     config = {
         "ops": {"raw_dataset": {"config": {"source": "sample"}}, "formatted_splits": {"config": {"validation_size": -3}}},
-        "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}, "wandb": {"config": {"api_key": WANDB_KEY}}},
+        "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}},
     }
     result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits",
                          "--config-json", json.dumps(config))
@@ -187,14 +218,36 @@ def test_config_json_with_bad_values_fails_before_the_first_step(tmp_path, home)
     assert run.status == dg.DagsterRunStatus.FAILURE
     [line] = [line for line in output.splitlines() if line.startswith("medcot_pipeline.defs.run_config_checks.RunConfigError")]
     assert line == (
-        "medcot_pipeline.defs.run_config_checks.RunConfigError: run config resources.wandb.config.api_key: secrets come "
-        "from the environment (HF_TOKEN, WANDB_API_KEY), never from run config; it is stored with this run, so delete "
-        f"the run (`dagster run delete {run.run_id}`); run config ops.formatted_splits.config.validation_size: Input "
-        "should be greater than or equal to 1 (got -3) (nothing was run)"
+        "medcot_pipeline.defs.run_config_checks.RunConfigError: run config ops.formatted_splits.config.validation_size: "
+        "Input should be greater than or equal to 1 (got -3) (nothing was run)"
     )
     events = {entry.dagster_event.event_type for entry in instance_at(home).all_logs(run.run_id) if entry.dagster_event}
     assert dg.DagsterEventType.RUN_FAILURE in events
     assert dg.DagsterEventType.STEP_START not in events and dg.DagsterEventType.ASSET_MATERIALIZATION not in events
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_without_medcots_instance_the_executor_fails_a_secret_run_before_any_step(tmp_path, plain_home):
+    """On an instance that does not name medcot's class, the run with the key is stored (Dagster's doing), and the
+    executor fails it before the first step; the message says so, and `dagster run delete` (its advice) removes it."""
+    home = plain_home
+    config = {
+        "ops": {"raw_dataset": {"config": {"source": "sample"}}},
+        "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}, "wandb": {"config": {"api_key": WANDB_KEY}}},
+    }
+    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset",
+                         "--config-json", json.dumps(config))
+    output = result.stdout + result.stderr
+
+    assert result.returncode != 0
+    [run] = instance_at(home).get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    [line] = [line for line in output.splitlines() if line.startswith("medcot_pipeline.defs.run_config_checks.RunConfigError")]
+    assert line == (
+        "medcot_pipeline.defs.run_config_checks.RunConfigError: run config resources.wandb.config.api_key: secrets come "
+        "from the environment (HF_TOKEN, WANDB_API_KEY), never from run config; it is stored with this run, so delete "
+        f"the run (`dagster run delete {run.run_id}`) (nothing was run)"
+    )
     assert not (tmp_path / "artifacts").exists()
     assert stored_files_holding(home, WANDB_KEY)  # the scan finds what is there
 
@@ -219,9 +272,14 @@ def launchpad(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.delenv("MEDCOT_PROFILE", raising=False)
         env.chdir(REPO_ROOT)
-        # `dagster dev`'s default: a launched run starts at once (the test instance would queue it for a daemon).
-        coordinator = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}}
-        with dg.instance_for_test(temp_dir=str(home), overrides=coordinator) as instance:
+        # `dagster dev`'s default: a launched run starts at once (the test instance would queue it for a daemon),
+        # and medcot's instance class, as dagster_home/dagster.yaml names it.
+        instance_yaml = yaml.safe_load((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
+        overrides = {
+            "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
+            "instance_class": instance_yaml["instance_class"],
+        }
+        with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as instance:
             with define_out_of_process_context(str(REPO_ROOT / "workspace.yaml"), None, instance) as context:
                 yield {"home": home, "instance": instance, "context": context, "artifacts": home / "artifacts"}
 
@@ -248,6 +306,33 @@ def test_launchpad_refuses_secrets_before_a_run_exists(launchpad):
     assert launchpad["instance"].get_runs() == []
     for secret in (HUB_TOKEN, WANDB_KEY):
         assert stored_files_holding(launchpad["home"], secret) == []
+
+
+def test_launchpad_refuses_a_secret_in_config_the_selected_assets_do_not_check(launchpad):
+    """One asset selected, the Hub token under a resource it does not use and an op outside the selection: Dagster's
+    schema accepts both for the implicit asset job, medcot's instance refuses the launch and nothing is stored."""
+    run_config = {
+        "ops": {"raw_dataset": {"config": {"source": "sample"}}, "hub_release": {"config": {"token": HUB_TOKEN}}},
+        "resources": {"artifacts": {"config": {"root": str(launchpad["artifacts"])}}, "hub_mirror": {"config": {"token": HUB_TOKEN}}},
+    }
+    dg.validate_run_config(_implicit_subset(["raw_dataset"]), run_config)  # Dagster's schema accepts it
+
+    outcome = launch(launchpad, ["raw_dataset"], run_config)
+
+    assert outcome["__typename"] == "PythonError", outcome
+    assert outcome["message"].strip().endswith(
+        "run config ops.hub_release.config.token, resources.hub_mirror.config.token: secrets come from the environment "
+        "(HF_TOKEN), never from run config; the run was refused before anything was stored"
+    ), outcome["message"]
+    assert launchpad["instance"].get_runs() == []
+    assert stored_files_holding(launchpad["home"], HUB_TOKEN) == []
+    assert not launchpad["artifacts"].exists()
+
+
+def _implicit_subset(assets):
+    from medcot_pipeline.definitions import defs
+
+    return defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(name) for name in assets})
 
 
 def test_launchpad_run_with_a_bad_value_fails_before_any_step(launchpad):
