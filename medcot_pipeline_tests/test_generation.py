@@ -141,6 +141,8 @@ def test_the_stop_check_is_deferred_on_cuda_only(monkeypatch):
     defer_stop_check(True)
     assert DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)
     assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, True)  # an assistant model: never
+    legacy = ((torch.zeros(1), torch.zeros(1)),)  # Unsloth's fast generate: a tuple cache, no is_croppable
+    assert not DeferredStopCheck.is_supported(torch.device("cuda"), legacy, False, False)
     assert not DeferredStopCheck.is_supported(torch.device("cpu"), None, False, False)  # transformers' own rule
     defer_stop_check(False)
     assert not DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False)

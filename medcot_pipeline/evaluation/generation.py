@@ -254,7 +254,13 @@ def defer_stop_check(enabled: bool = True) -> None:
             return original.__func__(device, cache, cache_is_returned, is_assistant)
         if is_assistant:
             return False
-        return cache is None or cache.is_croppable or not cache_is_returned
+        if cache is None:
+            return True
+        # Unsloth's fast generate (grading during training) keeps the legacy tuple of key/value tensors, which
+        # cannot be cropped back by the extra step: its stop check stays per step, as transformers has it.
+        if not hasattr(cache, "is_croppable"):
+            return False
+        return cache.is_croppable or not cache_is_returned
 
     checker.is_supported = staticmethod(on_cuda_too) if enabled else original
 
