@@ -34,6 +34,20 @@ def test_rouge_l_f1_matches_hand_computed_lcs_scores():
         rouge_l_f1(["a", "b"], ["a"])
 
 
+def test_rouge_l_f1_in_worker_processes_gives_the_same_scores_in_order(monkeypatch):
+    """Long answers are scored in parallel processes (PARALLEL_ROUGE_CELLS); the scores and their order are the serial ones."""
+    from medcot_pipeline.evaluation import metrics
+
+    predictions = ["the cat sat", "the mat sat", "cats running", "", "a dog barked at the cat on the mat", "sat"]
+    references = ["the cat sat on the mat"] * 2 + ["cat runs", "anything", "the dog and the cat", "the cat sat"]
+    serial = rouge_l_f1(predictions, references, workers=1)
+    assert rouge_l_f1(predictions, references, workers=2) == serial
+    # The default picks processes only when the work is large: here, as if every pair were a long answer.
+    monkeypatch.setattr(metrics, "PARALLEL_ROUGE_CELLS", 1)
+    assert metrics._default_workers(list(zip(predictions, references))) >= 1
+    assert rouge_l_f1(predictions, references) == serial
+
+
 def test_format_compliance_and_truncation_rate():
     answers = [
         answer("<think>t</think><response>r</response>"),
