@@ -69,6 +69,11 @@ SETTINGS: dict[str, dict] = {
     "h100-lr5e-4-s134": {"layout": "h100", "lora": {**_H100, "learning_rate": 5e-4, "max_steps": 134, "eval_steps": 34}},
     "h100-lr1e-3-r64": {"layout": "h100", "lora": {**_H100, "learning_rate": 1e-3, "lora_r": 64, "lora_alpha": 128}},
     "h100-lr1e-3-r8": {"layout": "h100", "lora": {**_H100, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16}},
+    # The profiles as shipped (no training value overridden), grading during training on (the default, 16
+    # questions at each evaluation) and off: what grading costs and which step it keeps.
+    "h100-profile": {"layout": "h100", "base": True, "lora": {}},
+    "h100-profile-nograde": {"layout": "h100", "lora": {"grade_questions": 0}},
+    "t4-profile": {"layout": "t4", "lora": {}},
 }
 # --tiny: a two-layer random Llama on the CPU, a dozen records, two steps, two short answers.
 TINY = {"layout": "t4", "base": True, "lora": {
