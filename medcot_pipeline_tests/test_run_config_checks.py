@@ -48,6 +48,16 @@ def instance_at(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.local_temp(str(home))
 
 
+def failed_run_and_error(home: Path, result: subprocess.CompletedProcess) -> tuple[dg.DagsterRun, str]:
+    """The one run the CLI created (failed) and the RunConfigError line its output ends the run with."""
+    assert result.returncode != 0
+    [run] = instance_at(home).get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    output = result.stdout + result.stderr
+    [line] = [line for line in output.splitlines() if line.startswith("medcot_pipeline.defs.run_config_checks.RunConfigError")]
+    return run, line
+
+
 @pytest.fixture
 def home(tmp_path) -> Path:
     """A DAGSTER_HOME with the repo's own dagster.yaml (medcot's instance class, which refuses secrets)."""
@@ -211,12 +221,8 @@ def test_config_json_with_bad_values_fails_before_the_first_step(tmp_path, home)
     }
     result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits",
                          "--config-json", json.dumps(config))
-    output = result.stdout + result.stderr
 
-    assert result.returncode != 0
-    [run] = instance_at(home).get_runs()
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    [line] = [line for line in output.splitlines() if line.startswith("medcot_pipeline.defs.run_config_checks.RunConfigError")]
+    run, line = failed_run_and_error(home, result)
     assert line == (
         "medcot_pipeline.defs.run_config_checks.RunConfigError: run config ops.formatted_splits.config.validation_size: "
         "Input should be greater than or equal to 1 (got -3) (nothing was run)"
@@ -237,12 +243,8 @@ def test_without_medcots_instance_the_executor_fails_a_secret_run_before_any_ste
     }
     result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset",
                          "--config-json", json.dumps(config))
-    output = result.stdout + result.stderr
 
-    assert result.returncode != 0
-    [run] = instance_at(home).get_runs()
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    [line] = [line for line in output.splitlines() if line.startswith("medcot_pipeline.defs.run_config_checks.RunConfigError")]
+    run, line = failed_run_and_error(home, result)
     assert line == (
         "medcot_pipeline.defs.run_config_checks.RunConfigError: run config resources.wandb.config.api_key: secrets come "
         "from the environment (HF_TOKEN, WANDB_API_KEY), never from run config; it is stored with this run, so delete "
