@@ -35,7 +35,7 @@ def test_a_second_run_waits_for_the_gpu_step_of_the_first(tiny_llama_dir, tmp_pa
     instance = dg.DagsterInstance.local_temp(str(home))
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1  # the shipped file was read
     # Dagster creates a pool's limit and slots from default_limit when a step first asks for it; two runs that
-    # reach a pool nobody has used in the same instant can both create a slot (seen once here with SQLite).
+    # reach a pool nobody has used in the same instant overlapped once here (SQLite), most likely both creating a slot.
     # Any earlier run has created it; here it is created first, as `dagster instance concurrency set gpu 1` would.
     assert instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
 
