@@ -51,6 +51,8 @@ VARIANTS = {
     "static-grouped-nodefer": {"backend": "transformers", "attention": GROUPED, "generate": {"cache_implementation": "static"}, "defer": False},
     # The Triton decode kernel: grouped heads, split KV, masked tiles skipped (medcot_pipeline/evaluation/decode_attention.py).
     "static-triton": {"backend": "transformers", "attention": "grouped_triton", "generate": {"cache_implementation": "static"}},
+    # The same kernel as Inductor saw it before it became an opaque operator: Dynamo traced the Triton launch.
+    "static-triton-traced": {"backend": "transformers", "attention": "grouped_triton", "generate": {"cache_implementation": "static"}, "decode": "traced"},
     "static-flex": {"backend": "transformers", "attention": "flex_attention", "generate": {"cache_implementation": "static"}},
 }
 
@@ -86,6 +88,11 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
 
     spec = VARIANTS[name]
     generation.DEFER_STOP_CHECK_ON_CUDA = spec.get("defer", True)
+    if spec["attention"] == "grouped_triton":
+        from medcot_pipeline.evaluation import decode_attention
+
+        traced = spec.get("decode") == "traced"
+        decode_attention.DECODE = decode_attention.grouped_decode_attention if traced else decode_attention.grouped_decode_attention_op
     device = "cpu" if args.tiny else "auto"
     started = time.perf_counter()
     attention = {"attention": spec["attention"]} if spec["attention"] else {}
@@ -94,7 +101,7 @@ def run_variant(name: str, model_dir: Path, questions: list[str], args) -> dict:
     config = EvaluationSettings(
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, continuation_tokens=0, compare_with_base=False
     )
-    generate = {"min_new_tokens": args.max_new_tokens, **spec["generate"]}
+    generate = {"min_new_tokens": args.max_new_tokens, **spec.get("generate", {})}
     if generate.get("compile_config") == "fullgraph":
         from transformers import CompileConfig
 

@@ -124,7 +124,7 @@ def ask(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from medcot_pipeline.evaluation.generation import ModelLoadError, generate_answers, load_for_inference
+    from medcot_pipeline.evaluation.generation import ModelLoadError, cache_kwargs, generate_answers, load_for_inference
     from medcot_pipeline.settings import GenerationSettings
 
     # Library chatter (load bars, config notes) would bury the answer; our own warnings still show.
@@ -154,9 +154,8 @@ def ask(args: argparse.Namespace) -> int:
     if stream_to is sys.stderr and not sys.stderr.isatty():
         stream_to = None
     streamer = None if stream_to is None else text_streamer(tokenizer, stream_to)
-    cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
     try:
-        run = generate_answers(model, tokenizer, [question], config, streamer=streamer, **cache)
+        run = generate_answers(model, tokenizer, [question], config, streamer=streamer, **cache_kwargs(config))
     except ValueError as err:  # e.g. a token budget that leaves no room for the prompt
         return _error(str(err))
     answer = run.answers[0]

@@ -26,3 +26,27 @@ def test_kernel_matches_sdpa_on_left_padded_static_caches(batch, kv_heads, group
     out = grouped_decode_attention(q, k, v, mask, split_len=split_len)
     assert not out.isnan().any()
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_calls_the_kernel_as_an_operator_that_compiles_without_inductor():
+    """A decode step through transformers' attention signature, eager and under torch.compile's aot_eager backend
+    with fullgraph (the kernel is an opaque operator, so a backend without Inductor captures it): both equal SDPA
+    on K/V repeated to every query head."""
+    from medcot_pipeline.evaluation.decode_attention import grouped_triton_attention_forward
+
+    torch.manual_seed(0)
+    batch, query_heads, kv_heads, head_dim, kv_len = 2, 6, 2, 64, 96
+    q = torch.randn(batch, query_heads, 1, head_dim)
+    k, v = torch.randn(batch, kv_heads, kv_len, head_dim), torch.randn(batch, kv_heads, kv_len, head_dim)
+    keep = torch.arange(kv_len)[None, :] >= torch.tensor([0, 7])[:, None]  # the second row is left padded
+    mask = keep[:, None, None, :]
+    groups = query_heads // kv_heads
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask
+    ).transpose(1, 2)
+    eager, _ = grouped_triton_attention_forward(None, q, k, v, mask, scaling=head_dim**-0.5)
+    torch._dynamo.reset()
+    compiled = torch.compile(grouped_triton_attention_forward, backend="aot_eager", fullgraph=True)
+    traced, _ = compiled(None, q, k, v, mask, scaling=head_dim**-0.5)
+    torch.testing.assert_close(eager, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(traced, expected, atol=1e-5, rtol=1e-5)

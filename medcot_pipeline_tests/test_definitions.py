@@ -74,3 +74,20 @@ def test_code_location_loads_without_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[-1] == "[]", f"heavy modules imported while loading definitions: {out[-1]}"
     assert time.time() - started > 0
+
+
+def test_step_server_preloads_torch_and_the_scorer_but_nothing_unsloth_must_precede():
+    """Steps fork from a server that imported PRELOADED_FOR_STEPS (the executor's forkserver). Unsloth patches
+    transformers, peft and trl only when it is imported before them, so the server must import none of them."""
+    from medcot_pipeline.defs.jobs import PRELOADED_FOR_STEPS
+
+    defs = load_defs(DEFAULT_PROFILE)
+    config = defs.resolve_implicit_global_asset_job_def().executor_def.config_schema.resolve_config({}).value["config"]
+    assert config["start_method"]["forkserver"]["preload_modules"] == [*PRELOADED_FOR_STEPS, "medcot_pipeline.definitions"]
+    assert "torch" in PRELOADED_FOR_STEPS
+    probe = (
+        f"import sys; import {', '.join(PRELOADED_FOR_STEPS)}, medcot_pipeline.definitions; "
+        "print(sorted(m for m in ('transformers','trl','unsloth','peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-1] == "[]", f"the step server would import {out[-1]} before Unsloth could"

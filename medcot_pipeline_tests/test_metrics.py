@@ -34,18 +34,24 @@ def test_rouge_l_f1_matches_hand_computed_lcs_scores():
         rouge_l_f1(["a", "b"], ["a"])
 
 
-def test_rouge_l_f1_in_worker_processes_gives_the_same_scores_in_order(monkeypatch):
-    """Long answers are scored in parallel processes (PARALLEL_ROUGE_CELLS); the scores and their order are the serial ones."""
-    from medcot_pipeline.evaluation import metrics
+def test_rouge_l_f1_equals_rouge_score_on_real_answers_and_long_scrambled_ones(real_records_path):
+    """The rapidfuzz LCS gives rouge-score's own numbers: real reasoning against real answers, and 1,000-word
+    scrambles of them (the size of a cut-off answer), where a table off by one word would show."""
+    import random
 
-    predictions = ["the cat sat", "the mat sat", "cats running", "", "a dog barked at the cat on the mat", "sat"]
-    references = ["the cat sat on the mat"] * 2 + ["cat runs", "anything", "the dog and the cat", "the cat sat"]
-    serial = rouge_l_f1(predictions, references, workers=1)
-    assert rouge_l_f1(predictions, references, workers=2) == serial
-    # The default picks processes only when the work is large: here, as if every pair were a long answer.
-    monkeypatch.setattr(metrics, "PARALLEL_ROUGE_CELLS", 1)
-    assert metrics._default_workers(list(zip(predictions, references))) >= 1
-    assert rouge_l_f1(predictions, references) == serial
+    from rouge_score import rouge_scorer
+
+    records = json.loads(real_records_path.read_text())[:40]
+    predictions = [r["Complex_CoT"] for r in records] + [r["Response"] for r in records]
+    references = [r["Response"] for r in records] + [r["Complex_CoT"] + " " + r["Response"] for r in records]
+    words = " ".join(references).split()
+    generator = random.Random(0)
+    predictions += [" ".join(generator.choice(words) for _ in range(1000)) for _ in range(10)]
+    references += references[-10:]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = [scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in zip(predictions, references)]
+    assert rouge_l_f1(predictions, references) == pytest.approx(expected, abs=1e-12)
+    assert 0 < min(expected) and max(expected) < 1
 
 
 def test_format_compliance_and_truncation_rate():

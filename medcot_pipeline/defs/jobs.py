@@ -15,6 +15,10 @@ from medcot_pipeline.defs.stages import GPU_TAG_KEY, PROFILE_RUN_TAGS, STAGES
 GPU_STEPS_AT_ONCE = 1
 
 
+# Imported once by the step server (below). None of them imports transformers, peft or trl (a test checks).
+PRELOADED_FOR_STEPS = ("torch", "medcot_pipeline.evaluation.metrics")
+
+
 def gpu_aware_executor() -> dg.ExecutorDefinition:
     """Multiprocess executor: CPU steps run alongside, GPU-tagged steps one at a time.
 
@@ -24,10 +28,12 @@ def gpu_aware_executor() -> dg.ExecutorDefinition:
     return checked.configured(
         {
             "tag_concurrency_limits": [{"key": GPU_TAG_KEY, "value": "true", "limit": GPU_STEPS_AT_ONCE}],
-            # Each step's process is forked from a server that has imported Dagster and these definitions once,
-            # instead of importing them again (about 4 s a step on 2 cores, a dozen steps and checks a run).
-            # The server imports no torch and touches no GPU, so the forked steps start with CUDA untouched.
-            "start_method": {"forkserver": {"preload_modules": ["medcot_pipeline.definitions"]}},
+            # Each step's process is forked from a server that has imported Dagster, these definitions, torch and
+            # the scoring code once, instead of importing them again (about 4 s a step on 2 cores for the
+            # definitions, a dozen steps and checks a run; torch 4.5 s and the scorer's nltk 1.9 s on the GPU host,
+            # in each step that uses them). Importing torch does not initialise CUDA, so the forked steps start
+            # with CUDA untouched. Not transformers: Unsloth must be imported before it, in the training step.
+            "start_method": {"forkserver": {"preload_modules": [*PRELOADED_FOR_STEPS, "medcot_pipeline.definitions"]}},
         }
     )
 

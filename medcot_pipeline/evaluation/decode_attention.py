@@ -8,7 +8,8 @@ kernel on 3-row query tiles. This "flash-decoding" kernel instead
   * splits each sequence's cache into chunks handled by separate programs, then merges their partial softmax
     results by their log-sum-exp (enough parallel work at batch 100 x 8 KV heads),
   * skips every BLOCK_N-key tile whose mask is all False before loading K/V: it reads only the live cache,
-  * has a grid that depends only on tensor shapes, so torch.compile and CUDA graphs capture it.
+  * has a grid that depends only on tensor shapes, so torch.compile and CUDA graphs capture it; registered as a
+    custom operator, so that compile backends without Inductor capture it too.
 
 Registered with transformers' AttentionInterface as NAME. Decode steps with a boolean mask on CUDA go to the
 kernel; prefill and anything else go to `grouped_sdpa` (and from there to stock sdpa). Needs Triton (on CUDA
@@ -152,6 +153,24 @@ def grouped_decode_attention(query, key, value, keep_mask, scale=None, split_len
     return out
 
 
+@torch.library.custom_op("medcot::grouped_decode_attention", mutates_args=())
+def grouped_decode_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep_mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """`grouped_decode_attention` as an operator torch.compile does not look into: Dynamo sees a call with a known
+    output shape, so the decode step also compiles with backends that cannot trace a Triton launch (such as
+    "cudagraphs", Dynamo and CUDA graphs without Inductor's code generation)."""
+    return grouped_decode_attention(query, key, value, keep_mask, scale=scale)
+
+
+@grouped_decode_attention_op.register_fake
+def _(query, key, value, keep_mask, scale):
+    return torch.empty_like(query)
+
+
+# What a decode step calls: the operator. generation_throughput.py swaps in the plain function for one variant,
+# to measure Inductor tracing into the kernel against the opaque operator.
+DECODE = grouped_decode_attention_op
+
+
 def grouped_triton_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers attention interface: decode steps with a boolean (B, 1, 1, L) mask through the kernel."""
     batch, query_heads, new_tokens, head_dim = query.shape
@@ -181,7 +200,7 @@ def grouped_triton_attention_forward(module, query, key, value, attention_mask, 
     groups = query_heads // kv_heads
     folded = query.reshape(batch, kv_heads, groups, head_dim)  # query head h -> KV head h // groups (repeat_kv's order)
     mask = attention_mask.reshape(attention_mask.shape[0], attention_mask.shape[-1]).expand(batch, -1)
-    out = grouped_decode_attention(folded, key, value, mask, scale=scaling)
+    out = DECODE(folded, key, value, mask, 1.0 / math.sqrt(head_dim) if scaling is None else float(scaling))
     return out.reshape(batch, 1, query_heads, head_dim), None
 
 

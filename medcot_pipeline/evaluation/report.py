@@ -14,7 +14,7 @@ import torch
 from medcot_pipeline.contracts import SAMPLES_FILE, EvaluationReport, ModelScores
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, require_columns
 from medcot_pipeline.settings import EvaluationSettings
-from medcot_pipeline.evaluation.generation import GenerationRun, generate_answers, load_for_inference
+from medcot_pipeline.evaluation.generation import GenerationRun, cache_kwargs, generate_answers, load_for_inference
 from medcot_pipeline.evaluation.metrics import graded_response, score_answers, summarize
 from medcot_pipeline.evaluation.multiple_choice import MultipleChoiceScores, score_multiple_choice
 
@@ -59,15 +59,16 @@ def write_rouge_report(
         for label, reference in models.items():
             log.info(f"{label}: loading {reference}")
             run, choices = _answer(reference, questions, validation, config, kept, log, progress=_progress_logger(label, config, log))
+            per_answer = score_answers(run.answers, rows)
             scores[label] = ModelScores(
-                **summarize(run.answers, rows),
+                **summarize(run.answers, rows, per_answer),
                 mc_accuracy=choices.accuracy,
                 mc_n=choices.n,
                 tokens_per_second=run.tokens_per_second,
                 wall_seconds=run.wall_seconds,
                 total_new_tokens=run.total_new_tokens,
             )
-            for record in _sample_records(label, run, rows, choices):
+            for record in _sample_records(label, run, rows, choices, per_answer):
                 samples.write(json.dumps(record, ensure_ascii=False) + "\n")
             metrics = scores[label]
             log.info(
@@ -113,10 +114,9 @@ def _answer(
         model = target
         target = None
         _release_memory()
-    cache = {"cache_implementation": "static"} if config.kv_cache == "static" else {}
     if progress is not None:
         progress("start", 0, len(questions))
-    run = generate_answers(model, tokenizer, questions, config, progress=progress, **cache)
+    run = generate_answers(model, tokenizer, questions, config, progress=progress, **cache_kwargs(config))
     choices = score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
     kept["model"] = model
     return run, choices
@@ -203,8 +203,9 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores) -> list[dict]:
-    scores = score_answers(run.answers, rows)
+def _sample_records(
+    label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores, scores: pd.DataFrame
+) -> list[dict]:
     records = []
     for i, answer in enumerate(run.answers):
         record = {
