@@ -4,6 +4,9 @@
 # fine-tuned model's compiled graph). Call 16 (`cold`) on a fresh Inductor cache; call 17 (`warm`) the same run
 # again on that host, its Inductor and Triton caches filled by call 16, as a host's second scheduled run finds them.
 # Calls 19 (`cold-parallel-rouge`) and 20 (`warm-parallel-rouge`): the same two after ROUGE-L went to one process per core.
+# Call 22 (`cold-call22`): after ROUGE-L went to rapidfuzz and the decode kernel became an opaque operator. Calls 24
+# (`cold-call24`), 25 (`cold-call25`), 26 (`warm-call26`) and 27 (`cold-call27-fresh-machine`, the first call of a newly
+# started machine): after torch and the scorer were also preloaded by the step server.
 set -u
 LABEL=${1:?cold or warm (cold* clears the caches)}
 source benchmarks/device_calls/env.sh
