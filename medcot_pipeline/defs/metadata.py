@@ -109,10 +109,28 @@ def comparison(report) -> dg.MetadataValue:
     page's narrow value column where a markdown table would run off its edge."""
     from medcot_pipeline.evaluation.scores import comparison_rows
 
-    rows = comparison_rows(report)
-    columns = ["metric", "better", "base", "fine-tuned", "change"]
-    records = [dg.TableRecord({column: row[column].replace("`", "") for column in columns}) for row in rows]
+    return string_table(comparison_rows(report))
+
+
+def string_table(rows: list[dict[str, str]]) -> dg.MetadataValue:
+    """Rows of equal keys as a table of text columns (wraps in the page's value column)."""
+    columns = list(rows[0]) if rows else ["(none)"]
+    records = [dg.TableRecord({column: str(row[column]).replace("`", "") for column in columns}) for row in rows]
     return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
+
+
+def benchmark_sources_table(sources) -> dg.MetadataValue:
+    """What benchmark_questions holds: each benchmark, its questions, and the commit it was read at."""
+    return string_table([
+        {
+            "benchmark": source.title,
+            "questions": str(source.questions),
+            "skipped": str(source.skipped),
+            "read from": source.location,
+            "commit": source.commit or ("bundled with medcot" if source.stand_in else "not recorded"),
+        }
+        for source in sources
+    ])
 
 
 def answers_table(samples_path: Path, limit: int = 3, width: int = 240) -> dg.MetadataValue:

