@@ -2,11 +2,13 @@
 
 import re
 
+import numpy as np
 from huggingface_hub import ModelCard
 
 from medcot_pipeline.contracts import BaseModelRef, DatasetProvenance
 from medcot_pipeline.release.model_card import ReleaseFacts, build_adapter_card, build_model_card
 from medcot_pipeline_tests.contract_factories import evaluation_report, scores, training_summary
+
 
 def facts(training=None, evaluation=None, **overrides) -> ReleaseFacts:
     values = dict(
@@ -58,11 +60,25 @@ def test_metadata_and_model_index_carry_the_report_numbers():
 def test_results_table_compares_base_and_fine_tuned():
     text = build_model_card(facts()).text
 
-    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["higher", "0.182", "0.319", "+0.136 (better)"]
-    assert table_row(text, "ROUGE-L F1, whole output") == ["higher", "0.160", "0.274", "+0.114 (better)"]
-    assert table_row(text, "Well-formed `<think>`/`<response>` output") == ["higher", "0.0%", "96.0%", "+96.0 pts (better)"]
-    assert table_row(text, "Cut off before `</response>`") == ["lower", "11.0%", "3.0%", "-8.0 pts (better)"]
-    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts (better)"]
+    # Without intervals in the report (an older report), the change stands alone and says so.
+    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["higher", "0.182", "0.319", "+0.136", "no interval"]
+    assert table_row(text, "Cut off before `</response>`") == ["lower", "11.0%", "3.0%", "-8.0 pts", "no interval"]
+    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts", "no interval"]
+
+    # With them, each change carries its 95% interval and the verdict the interval gives, not the point estimate.
+    from medcot_pipeline.evaluation.paired_stats import compare
+
+    rng = np.random.default_rng(0)
+    base_rouge = rng.random(100) * 0.3
+    report = evaluation_report(comparisons=[
+        compare("rouge_l_response", "ROUGE-L", base_rouge + 0.136 + rng.normal(0, 0.02, 100), base_rouge),
+        compare("mc_accuracy", "MC", [1.0] * 35 + [0.0] * 25, [1.0] * 33 + [0.0] * 27, right_or_wrong=True),
+    ])
+    text = build_model_card(facts(evaluation=report)).text
+    rouge = table_row(text, "ROUGE-L F1, `<response>` only")
+    assert re.fullmatch(r"\+0\.136 \[\+0\.1\d\d, \+0\.1\d\d\]", rouge[3]) and rouge[4] == "better"
+    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)")[4] == "no detectable change"
+    assert "straddles zero" in text  # how to read an interval, beside the table
     assert "100 questions held out of training" in text
     assert "with greedy decoding, up to 1024 new tokens" in text
 
@@ -131,7 +147,7 @@ def test_local_sources_stay_out_of_hub_metadata(tmp_path):
 
     assert again.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert again.data.datasets is None  # not a Hub dataset id
-    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["higher", "n/a", "0.100", ""]
+    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["higher", "n/a", "0.100", "", ""]
     assert "float32 base weights, TRL and PEFT" in card.text
     assert "offline" in card.text and "offline-run-1" in card.text
     assert "Hardware: CPU (x86_64). Training wall time: 1 min 15 s." in card.text
