@@ -62,7 +62,7 @@ def prepare(backend: Backend) -> None:
     is imported, and every rank would otherwise start a context on GPU 0.
     """
     if backend == "unsloth":
-        from medcot_pipeline.training.distributed import local_rank, world_size
+        from medcot_pipeline.data_parallel import local_rank, world_size
 
         if world_size() > 1 and cuda_available():
             import torch

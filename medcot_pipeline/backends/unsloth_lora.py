@@ -6,7 +6,7 @@ import logging
 
 from unsloth import FastLanguageModel
 
-from medcot_pipeline.training.distributed import local_rank, world_size
+from medcot_pipeline.data_parallel import local_rank, world_size
 
 logger = logging.getLogger(__name__)
 

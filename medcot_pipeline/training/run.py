@@ -15,13 +15,12 @@ import os
 import time
 from pathlib import Path
 
-from medcot_pipeline import backends
+from medcot_pipeline import backends, data_parallel
 from medcot_pipeline.artifact_io import atomic_directory
 from medcot_pipeline.contracts import TrainingJob, TrainingSummary, WandbRun, WandbTarget
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, TRAINING_COLUMNS, read_split
 from medcot_pipeline.environment import TRAINING_PACKAGES, UNSLOTH_PACKAGES, hardware_name, library_versions
 from medcot_pipeline.settings import TrainingSettings
-from medcot_pipeline.training import distributed
 
 LOSS_CURVE_FILE = "loss_curve.png"
 
@@ -29,7 +28,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     """Fine-tune, save the adapter into `job.output_dir` (rank 0), and return the training summary."""
     started = time.perf_counter()
-    processes = distributed.world_size()
+    processes = data_parallel.world_size()
     backend = backends.resolve_backend(job.settings.backend, "training", processes)
     backends.prepare(backend)
     # After Unsloth, which patches these libraries as it is imported.
@@ -46,7 +45,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     )
 
     # One W&B run for the whole job: only rank 0 reports.
-    wandb_run = start_wandb(job.wandb, job.settings, log) if distributed.is_main_process() else None
+    wandb_run = start_wandb(job.wandb, job.settings, log) if data_parallel.is_main_process() else None
     exit_code = 1  # marks the W&B run failed unless training gets to the end
     try:
         tracker = progress.TrainingProgress(log)
@@ -116,7 +115,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             versions=library_versions(TRAINING_PACKAGES + (UNSLOTH_PACKAGES if backend == "unsloth" else ())),
             wandb=wandb_location(wandb_run),
         )
-        if distributed.is_main_process():
+        if data_parallel.is_main_process():
             save_adapter(trainer.model, trainer.processing_class, output_dir, summary, history, log)
         exit_code = 0
     finally:
@@ -135,18 +134,18 @@ def base_weights(model) -> str:
 
 def per_process_settings(settings: TrainingSettings, processes: int, log) -> TrainingSettings:
     """What each of `processes` data-parallel processes runs: the configured rows a step, shared evenly
-    (distributed.split_global_batch), so steps and learning rate keep their meaning on any number of GPUs."""
+    (data_parallel.split_global_batch), so steps and learning rate keep their meaning on any number of GPUs."""
     if processes <= 1:
         return settings
-    split = distributed.split_global_batch(settings.per_device_train_batch_size, settings.gradient_accumulation_steps, processes)
+    split = data_parallel.split_global_batch(settings.per_device_train_batch_size, settings.gradient_accumulation_steps, processes)
     return settings.model_copy(
         update={"per_device_train_batch_size": split.per_device_batch, "gradient_accumulation_steps": split.accumulation}
     )
 
 
-def global_batch(per_process: TrainingSettings, processes: int) -> distributed.BatchSplit:
+def global_batch(per_process: TrainingSettings, processes: int) -> data_parallel.BatchSplit:
     """The batch layout that `per_process` settings give over `processes` processes."""
-    return distributed.BatchSplit(
+    return data_parallel.BatchSplit(
         processes=max(1, processes),
         per_device_batch=per_process.per_device_train_batch_size,
         accumulation=per_process.gradient_accumulation_steps,
@@ -363,12 +362,12 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
 def main() -> None:
     from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
 
-    if not distributed.is_main_process():
+    if not data_parallel.is_main_process():
         # Other ranks train in step with rank 0 but never write to Dagster: they only read the extras.
         with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as context:
             extras = context["extras"]
-        logging.basicConfig(level=logging.WARNING, format=f"rank {distributed.rank()}: %(message)s")
-        train(TrainingJob.parse(extras, "Pipes extras"), logging.getLogger(f"medcot_pipeline.rank{distributed.rank()}"))
+        logging.basicConfig(level=logging.WARNING, format=f"rank {data_parallel.rank()}: %(message)s")
+        train(TrainingJob.parse(extras, "Pipes extras"), logging.getLogger(f"medcot_pipeline.rank{data_parallel.rank()}"))
         return
 
     with open_dagster_pipes() as pipes:
