@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from medcot_pipeline.chat_format import build_target
+from medcot_pipeline.checkpoints import newest_complete_checkpoint
 from medcot_pipeline.contracts import BaseModelRef, ContractError, DatasetProvenance, TrainingJob, TrainingSummary, WandbTarget
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import run
@@ -178,15 +179,16 @@ def test_a_rerun_resumes_from_the_last_complete_checkpoint(first_run, tmp_path):
 
 
 def test_an_interrupted_checkpoint_is_skipped(tmp_path):
-    for step, complete in ((2, True), (4, True), (6, False)):
+    for step, state in ((2, "{}"), (4, "{}"), (5, '{"global_step": 5, "log_hi'), (6, None)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
     log, lines = recording_logger("skip")
-    assert run.last_complete_checkpoint(tmp_path, log) == str(tmp_path / "checkpoint-4")
-    assert any("checkpoint-6" in line for line in lines.lines)
-    assert run.last_complete_checkpoint(tmp_path / "missing", log) is None
+    assert newest_complete_checkpoint(tmp_path, log) == tmp_path / "checkpoint-4"
+    assert any("checkpoint-6 has no trainer_state.json" in line for line in lines.lines)
+    assert any("checkpoint-5/trainer_state.json is unreadable" in line for line in lines.lines)
+    assert newest_complete_checkpoint(tmp_path / "missing", log) is None
 
 
 def test_extras_missing_a_key_name_it(tiny_llama_dir, splits, tmp_path):

@@ -9,7 +9,6 @@ must be imported before them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from medcot_pipeline import backends, data_parallel
 from medcot_pipeline.artifact_io import atomic_directory
+from medcot_pipeline.checkpoints import newest_complete_checkpoint
 from medcot_pipeline.contracts import TrainingJob, TrainingSummary, WandbRun, WandbTarget
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, TRAINING_COLUMNS, read_split
 from medcot_pipeline.environment import TRAINING_PACKAGES, UNSLOTH_PACKAGES, hardware_name, library_versions
@@ -55,7 +55,8 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
             callbacks=[tracker, *checkpoint_upload.callbacks(job, log)], backend=backend, log=log,
         )
-        resume_from = last_complete_checkpoint(checkpoint_dir, log)
+        newest = newest_complete_checkpoint(checkpoint_dir, log)
+        resume_from = str(newest) if newest else None
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")
         try:
             trainer.train(resume_from_checkpoint=resume_from)
@@ -169,37 +170,6 @@ def out_of_memory_advice(config: TrainingSettings, max_seq_length: int, profile:
         "Use the t4 profile (4-bit, batch 1, gradient checkpointing: under 4 GiB for Llama-3.2-3B) "
         "or lower per_device_train_batch_size and raise gradient_accumulation_steps to keep the global batch."
     )
-
-
-def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json exists and parses.
-
-    The Trainer writes trainer_state.json last, so a process killed while saving leaves a folder
-    without it (or with it cut short); transformers' get_last_checkpoint would pick that folder and
-    fail to resume.
-    """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not checkpoint_dir.is_dir():
-        return None
-    candidates = [
-        (int(path.name.rsplit("-", 1)[1]), path)
-        for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()
-    ]
-    for _, path in sorted(candidates, reverse=True):
-        state = path / "trainer_state.json"
-        if not state.exists():
-            log.warning(f"{path.name} has no trainer_state.json (interrupted while saving); skipping it")
-            continue
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError):
-            # transformers writes the state in place: a full disk or power loss can leave it empty or cut.
-            log.warning(f"{path.name}/trainer_state.json is unreadable (interrupted while saving); skipping it")
-            continue
-        return str(path)
-    return None
 
 
 def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, history: list, log) -> None:
