@@ -131,7 +131,7 @@ def test_prompt_tokens_are_masked_and_the_assistant_turn_is_trained(tiny_llama_d
     from medcot_pipeline.training.recipe import build_trainer
 
     config = TrainingSettings(backend="transformers", lora_r=4, per_device_train_batch_size=2)
-    model, tokenizer = backends.load_for_training("transformers", str(tiny_llama_dir), config, 2048)
+    model, tokenizer = backends.TRANSFORMERS.load_for_training(str(tiny_llama_dir), config, 2048)
     assert tokenizer.padding_side == "right"
     train = read_split(splits, "train", ("question", "target"))
     trainer = build_trainer(model, tokenizer, config, 2048, train, None, str(tmp_path))

@@ -1,8 +1,8 @@
-"""The training recipe: TRL's SFTConfig and SFTTrainer for a LoRA model from `backends.load_for_training`.
+"""The training recipe: TRL's SFTConfig and SFTTrainer for a LoRA model from `Backend.load_for_training`.
 The pipeline's training process and the benchmarks both train through `build_trainer`, so a benchmark
 measures what the pipeline runs.
 
-Import this module only after `backends.prepare(backend)`: it imports TRL, which Unsloth must patch first.
+Import this module only after `backend.prepare()`: it imports TRL, which Unsloth must patch first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from medcot_pipeline.backends import TRANSFORMERS, Backend
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import distributed, grading
 from medcot_pipeline.training.sft_data import to_training_dataset
@@ -107,11 +108,11 @@ def build_trainer(
     run_name: str | None = None,
     callbacks: Iterable = (),
     sft_overrides: dict | None = None,
-    backend: str = "transformers",
+    backend: Backend = TRANSFORMERS,
     answer_questions: grading.AnswerQuestions | None = None,
     log: logging.Logger | None = None,
 ) -> SFTTrainer:
-    """TRL's trainer for a model from `backends.load_for_training`, on prompt-completion datasets built from the splits.
+    """TRL's trainer for a model from `backend.load_for_training`, on prompt-completion datasets built from the splits.
 
     `sft_overrides` replaces SFTConfig fields that no pipeline setting covers (a benchmark's eval batch, say).
     When the settings grade during training, `eval_frame` also needs the `response` column, and a

@@ -19,7 +19,7 @@ from medcot_pipeline.artifact_io import atomic_directory
 from medcot_pipeline.checkpoints import newest_complete_checkpoint
 from medcot_pipeline.contracts import TrainingJob, TrainingSummary, WandbRun, WandbTarget
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, TRAINING_COLUMNS, read_split
-from medcot_pipeline.environment import TRAINING_PACKAGES, UNSLOTH_PACKAGES, hardware_name, library_versions
+from medcot_pipeline.environment import hardware_name, library_versions
 from medcot_pipeline.settings import TrainingSettings
 
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -30,7 +30,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     started = time.perf_counter()
     processes = data_parallel.world_size()
     backend = backends.resolve_backend(job.settings.backend, "training", processes)
-    backends.prepare(backend)
+    backend.prepare()
     # After Unsloth, which patches these libraries as it is imported.
     from medcot_pipeline.training import checkpoint_upload, grading, progress, recipe
 
@@ -40,7 +40,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     # The reference responses too: grading during training scores answers against them.
     eval_frame = read_split(job.splits_dir, "validation", EVALUATION_COLUMNS)
     log.info(
-        f"training {job.base_model.name} with {backend} in {processes} process(es): {len(train_frame)} training and "
+        f"training {job.base_model.name} with {backend.name} in {processes} process(es): {len(train_frame)} training and "
         f"{len(eval_frame)} validation records, {settings.max_steps} steps, {global_batch(settings, processes).describe()}"
     )
 
@@ -49,7 +49,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     exit_code = 1  # marks the W&B run failed unless training gets to the end
     try:
         tracker = progress.TrainingProgress(log)
-        model, tokenizer = backends.load_for_training(backend, job.base_model.reference, settings, job.max_seq_length)
+        model, tokenizer = backend.load_for_training(job.base_model.reference, settings, job.max_seq_length)
         trainer = recipe.build_trainer(
             model, tokenizer, settings, job.max_seq_length, train_frame, eval_frame, str(checkpoint_dir),
             report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
@@ -79,7 +79,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
         history = trainer.state.log_history
         losses = progress.loss_rows(history, tracker.timings)
         summary = TrainingSummary(
-            backend=backend,
+            backend=backend.name,
             base_weights=base_weights(trainer.model),
             processes=processes,
             global_batch_rows=global_batch(settings, processes).global_batch,
@@ -113,7 +113,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             training_seconds=round(tracker.training_seconds, 2),
             wall_time_seconds=round(time.perf_counter() - started, 2),
             peak_gpu_memory_gib=progress.peak_gpu_memory_gib(),
-            versions=library_versions(TRAINING_PACKAGES + (UNSLOTH_PACKAGES if backend == "unsloth" else ())),
+            versions=library_versions(backend.packages),
             wandb=wandb_location(wandb_run),
         )
         if data_parallel.is_main_process():
