@@ -32,7 +32,7 @@ def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> 
 
     from medcot_pipeline import backends
     from medcot_pipeline.settings import TrainingSettings
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     records_per_step = {"t4": 8, "h100": 24}[layout]
     common = dict(backend="transformers", load_in_4bit=False, optim="adamw_torch", gradient_checkpointing=False,

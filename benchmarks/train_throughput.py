@@ -285,7 +285,7 @@ def profile_one_step(trainer, out_path: Path) -> dict:
 
 
 def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     profile_name, config, max_seq_length = training_settings(name, args.tiny)
     config = config.model_copy(update={"max_steps": args.warmup + args.steps})

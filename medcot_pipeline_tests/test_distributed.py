@@ -2,7 +2,6 @@
 (two gloo processes on CPU, through Dagster Pipes)."""
 
 import json
-import logging
 import re
 import signal
 import sys
@@ -20,8 +19,7 @@ from medcot_pipeline import data_parallel
 from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
 from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
 from medcot_pipeline.settings import TrainingSettings
-from medcot_pipeline.training import distributed
-from medcot_pipeline.training import run as training_run
+from medcot_pipeline.training import distributed, recipe
 from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, materialized_in, step_errors, tiny_profile, write_profile
 from medcot_pipeline_tests.test_training import make_job, splits  # noqa: F401 - splits is a fixture
 
@@ -114,16 +112,15 @@ def test_a_gpu_count_that_cannot_share_the_batch_fails_at_launch(tmp_path):
 
 
 def test_each_process_runs_its_share():
-    log = logging.getLogger("medcot-tests.distributed")
     h100_like = TrainingSettings(per_device_train_batch_size=24, gradient_accumulation_steps=1, max_steps=67, learning_rate=1.73e-5)
-    shared = training_run.per_process_settings(h100_like, 2, log)
+    shared = recipe.per_process_settings(h100_like, 2)
     assert (shared.per_device_train_batch_size, shared.gradient_accumulation_steps) == (12, 1)
     # Steps, learning rate and schedule are untouched: each step still sees 24 rows.
     assert shared.model_dump(exclude={"per_device_train_batch_size", "gradient_accumulation_steps"}) == h100_like.model_dump(
         exclude={"per_device_train_batch_size", "gradient_accumulation_steps"}
     )
-    assert training_run.global_batch(shared, 2).global_batch == 24
-    assert training_run.per_process_settings(h100_like, 1, log) is h100_like
+    assert recipe.batch_layout(shared, 2).global_batch == 24
+    assert recipe.per_process_settings(h100_like, 1) is h100_like
 
 
 def test_the_multi_gpu_profile_is_h100_on_every_gpu():

@@ -128,7 +128,7 @@ def test_train_saves_the_adapter_with_losses_and_an_offline_wandb_run(first_run)
 def test_prompt_tokens_are_masked_and_the_assistant_turn_is_trained(tiny_llama_dir, splits, tmp_path):
     from medcot_pipeline import backends
     from medcot_pipeline.data.schema import read_split
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     config = TrainingSettings(backend="transformers", lora_r=4, per_device_train_batch_size=2)
     model, tokenizer = backends.TRANSFORMERS.load_for_training(str(tiny_llama_dir), config, 2048)
@@ -189,6 +189,27 @@ def test_an_interrupted_checkpoint_is_skipped(tmp_path):
     assert any("checkpoint-6 has no trainer_state.json" in line for line in lines.lines)
     assert any("checkpoint-5/trainer_state.json is unreadable" in line for line in lines.lines)
     assert newest_complete_checkpoint(tmp_path / "missing", log) is None
+
+
+def test_the_wandb_run_is_closed_failed_when_a_phase_fails_and_finished_when_saved(tiny_llama_dir, splits, tmp_path, monkeypatch):
+    import wandb
+
+    from medcot_pipeline.base_models import BaseModelError
+
+    finished, finish = [], wandb.Run.finish
+
+    def recording_finish(self, *args, exit_code=None, **kwargs):
+        finished.append(exit_code)
+        return finish(self, *args, exit_code=exit_code, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "finish", recording_finish)
+    log, _ = recording_logger("cleanup")
+    # setup() opens the W&B run, then fails loading the model: cleanup() still closes the run, as failed.
+    with pytest.raises(BaseModelError, match="does not exist"):
+        run.train(make_job(tmp_path / "no-such-model", splits, tmp_path / "failed", wandb=True, max_steps=1), log)
+    assert finished == [1]
+    run.train(make_job(tiny_llama_dir, splits, tmp_path / "saved", wandb=True, max_steps=1, save_steps=1), log)
+    assert finished == [1, 0]
 
 
 def test_extras_missing_a_key_name_it(tiny_llama_dir, splits, tmp_path):
