@@ -28,8 +28,31 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
         recipe.cleanup()
 
 
+def main() -> None:
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if not data_parallel.is_main_process():
+        # Other ranks train in step with rank 0 but never write to Dagster: they only read the extras.
+        with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as context:
+            extras = context["extras"]
+        logging.basicConfig(level=logging.WARNING, format=f"rank {data_parallel.rank()}: %(message)s")
+        train(TrainingJob.parse(extras, "Pipes extras"), logging.getLogger(f"medcot_pipeline.rank{data_parallel.rank()}"))
+        return
+
+    with open_dagster_pipes() as pipes:
+        # Notes from the backend and trainer modules reach Dagster's log too.
+        package_logger = logging.getLogger("medcot_pipeline")
+        package_logger.setLevel(logging.INFO)
+        for handler in pipes.log.handlers:
+            package_logger.addHandler(handler)
+        job = TrainingJob.parse(pipes.extras, "Pipes extras")
+        summary = train(job, pipes.log)
+        pipes.report_asset_materialization(metadata=materialization_metadata(summary, Path(job.output_dir)))
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Presentation: the summary as Dagster metadata (Pipes' typed values). Plain dicts, no dagster import.
+# Presentation: the summary as Dagster metadata (Pipes' typed values), plain dicts with no dagster import.
+# Kept apart from the process above so that it can move to one presentation module with defs/metadata.py.
 
 
 def _value(raw, kind: str) -> dict:
@@ -140,28 +163,6 @@ def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dic
         "resumed_from": _value(data["resumed_from"], "path"),
         "wandb_run": _value(None, "text") if wandb is None else _value(wandb.url, "url") if wandb.url else _value(wandb.dir, "path"),
     }
-
-
-def main() -> None:
-    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
-
-    if not data_parallel.is_main_process():
-        # Other ranks train in step with rank 0 but never write to Dagster: they only read the extras.
-        with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as context:
-            extras = context["extras"]
-        logging.basicConfig(level=logging.WARNING, format=f"rank {data_parallel.rank()}: %(message)s")
-        train(TrainingJob.parse(extras, "Pipes extras"), logging.getLogger(f"medcot_pipeline.rank{data_parallel.rank()}"))
-        return
-
-    with open_dagster_pipes() as pipes:
-        # Notes from the backend and trainer modules reach Dagster's log too.
-        package_logger = logging.getLogger("medcot_pipeline")
-        package_logger.setLevel(logging.INFO)
-        for handler in pipes.log.handlers:
-            package_logger.addHandler(handler)
-        job = TrainingJob.parse(pipes.extras, "Pipes extras")
-        summary = train(job, pipes.log)
-        pipes.report_asset_materialization(metadata=materialization_metadata(summary, Path(job.output_dir)))
 
 
 if __name__ == "__main__":
