@@ -437,12 +437,12 @@ def test_a_checkpoint_with_an_empty_trainer_state_is_skipped(tmp_path):
     """A checkpoint whose trainer_state.json was created but never written is not 'complete'; the one before it is."""
     import logging
 
-    from medcot_pipeline.training import run
+    from medcot_pipeline.checkpoints import newest_complete_checkpoint
 
     for step, state in ((2, json.dumps({"global_step": 2})), (4, "")):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    assert run.last_complete_checkpoint(tmp_path, logging.getLogger("medcot-tests.faults")) == str(tmp_path / "checkpoint-2")
+    assert newest_complete_checkpoint(tmp_path, logging.getLogger("medcot-tests.faults")) == tmp_path / "checkpoint-2"
 
 
 # ---------------------------------------------------------------- secrets

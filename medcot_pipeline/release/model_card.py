@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from medcot_pipeline.backends import backend_named
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
 from medcot_pipeline.data.benchmarks import BENCHMARKS
 from medcot_pipeline.contracts import BenchmarkReport, DecontaminationSummary, EvaluationReport, GateDecision, TrainingSummary
@@ -554,7 +555,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         dataset_config=facts.dataset_config or "default",
         dataset_revision=facts.dataset_revision or "not recorded",
         quantization=f"{summary.base_weights} base weights",
-        stack="Unsloth and TRL" if summary.backend == "unsloth" else "TRL and PEFT",
+        stack=backend_named(summary.backend).card_stack,
         answered_by="the base model and by this model" if report.base is not None else "this model",
         decoding=_decoding(report.settings),
         not_a_medical_device=NOT_A_MEDICAL_DEVICE,
