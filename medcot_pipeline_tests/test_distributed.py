@@ -238,7 +238,7 @@ def killed_rank_and_rerun(tiny_llama_dir, tmp_path_factory):
     seen: dict = {}
     killer = threading.Thread(target=kill_rank_after_checkpoint, args=(checkpoints, 1, 2, 600, seen), daemon=True)
     killer.start()
-    crashed = materialize(defs, instance, ["raw_dataset", "formatted_splits", "lora_adapter"])
+    crashed = materialize(defs, instance, ["raw_dataset", "benchmark_questions", "formatted_splits", "lora_adapter"])
     killer.join(timeout=5)
     state = {
         "defs": defs, "instance": instance, "artifacts": artifacts, "seen": seen, "crashed": crashed,
@@ -255,7 +255,7 @@ def test_a_killed_rank_fails_the_step_naming_it_and_leaves_no_adapter(killed_ran
     assert "checkpoint-8" not in seen["checkpoints_at_kill"], "training finished before the kill landed"
 
     assert not crashed.success
-    assert materialized_in(crashed) == {"raw_dataset", "formatted_splits"}
+    assert materialized_in(crashed) == {"raw_dataset", "benchmark_questions", "formatted_splits"}
     errors = "\n".join(step_errors(instance, crashed.run_id))
     assert "data-parallel training failed: rank 1 failed first (killed by SIGKILL); torchrun stopped all 2 processes" in errors, errors
     assert "rerun to resume from the last one" in errors

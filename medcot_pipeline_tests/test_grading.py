@@ -168,7 +168,7 @@ def test_real_answers_are_graded_at_each_evaluation_and_reach_dagster(tiny_llama
     summary = TrainingSummary.read(tmp_path / "adapter")
     assert [row["step"] for row in summary.graded_steps] == [1, 2]
     for row in summary.graded_steps:
-        assert set(row) == {"step", "eval_loss", "format_compliance", "rouge_l_response", "truncation_rate", "grade"}
+        assert set(row) == {"step", "eval_loss", "format_compliance", "rouge_l_response", "truncation_rate", "grade", "grading_seconds"}
         assert 0.0 <= row["format_compliance"] <= 1.0 and 0.0 <= row["rouge_l_response"] <= 1.0
     # The kept step is the best grade, the earlier one on a tie (the Trainer needs a strictly better grade).
     best = max(summary.graded_steps, key=lambda row: (row["grade"], -row["step"]))
