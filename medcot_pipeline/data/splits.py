@@ -9,6 +9,7 @@ import pandas as pd
 
 from medcot_pipeline.chat_format import TAGS, build_target
 from medcot_pipeline.data.schema import MULTIPLE_CHOICE_COLUMNS, RAW_COLUMNS, DatasetError, require_columns
+from medcot_pipeline.data.text_comparison import comparison_key
 
 # Small datasets keep most rows for training: validation never takes more than this share.
 MAX_VALIDATION_SHARE = 0.2
@@ -46,9 +47,10 @@ def split_train_validation(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(train, validation, info): a seeded split by question that does not depend on row order.
 
-    Each distinct question gets a key hashed from the seed and its text; the questions with the
-    smallest keys are held out. The same records and seed therefore give the same split in any
-    order, and rows sharing a question always land on the same side.
+    Each distinct question gets a key hashed from the seed and its comparison key (data/text_comparison.py),
+    so questions that differ only in case, whitespace, Unicode form or invisible characters are one question;
+    the questions with the smallest keys are held out. The same records and seed therefore give the same split
+    in any order, and rows sharing a question, in any of its spellings, always land on the same side.
     """
     if validation_size < 1:
         raise DatasetError(f"validation_size must be at least 1, got {validation_size}")
@@ -93,4 +95,4 @@ def _none_if_missing(value):
 
 
 def _split_key(seed: int, question: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{question}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{comparison_key(question)}".encode("utf-8")).hexdigest()
