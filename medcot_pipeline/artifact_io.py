@@ -4,10 +4,53 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+# `.<name>.staging-<host>-<pid>`: the host and process that write it, so an orphan can be told from a write in
+# progress. `.<name>.staging-<pid>` is how staging directories were named before.
+_STAGING_NAME = re.compile(r"\.(?P<name>.+)\.staging-(?:(?P<host>.+)-)?(?P<pid>\d+)")
+
+
+def staging_name(final_name: str) -> str:
+    return f".{final_name}.staging-{socket.gethostname()}-{os.getpid()}"
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reclaim_orphaned_staging(parent: Path | str) -> list[tuple[Path, int]]:
+    """Remove staging directories under `parent` whose writer died without cleaning up (kill -9, OOM killer, reboot).
+
+    Only directories written on this host by a process that no longer runs are removed: a write in progress,
+    here or on another node sharing the directory, is never touched. Returns (path, bytes freed) for each.
+    """
+    parent = Path(parent)
+    host = socket.gethostname()
+    reclaimed = []
+    for path in parent.iterdir() if parent.is_dir() else []:
+        match = _STAGING_NAME.fullmatch(path.name)
+        if not match or not path.is_dir() or match["host"] not in (None, host) or _process_is_running(int(match["pid"])):
+            continue
+        size = tree_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning(f"removed {path}, left by process {match['pid']} that no longer runs ({size / 2**20:,.1f} MiB freed)")
+        reclaimed.append((path, size))
+    return reclaimed
 
 
 @contextlib.contextmanager
@@ -15,10 +58,15 @@ def atomic_directory(final: Path | str) -> Iterator[Path]:
     """Yield an empty staging directory beside `final`; it is renamed to `final` only when the block succeeds.
 
     A crash (or an exception) removes the staging directory, so a reader never finds half an artifact
-    under `final`, and an earlier `final` stays as it was until the new one is complete.
+    under `final`, and an earlier `final` stays as it was until the new one is complete. What a killed
+    process could not remove is reclaimed by the next write beside it (reclaim_orphaned_staging).
     """
     final = Path(final)
-    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
+    existing = next(parent for parent in (final.parent, *final.parent.parents) if parent.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a directory: {final} cannot be written under it")
+    reclaim_orphaned_staging(final.parent)
+    staging = final.with_name(staging_name(final.name))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -67,4 +115,9 @@ def tree_sha256(directory: Path | str) -> str:
 
 
 def tree_bytes(directory: Path | str) -> int:
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    total = 0
+    for path in Path(directory).rglob("*"):
+        with contextlib.suppress(OSError):  # a file removed while counting
+            if path.is_file():
+                total += path.stat().st_size
+    return total

@@ -56,7 +56,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
             callbacks=[tracker, *checkpoint_upload.callbacks(job, log)], backend=backend, log=log,
         )
-        resume_from = last_complete_checkpoint(checkpoint_dir, log)
+        resume_from = last_complete_checkpoint(checkpoint_dir, log, job.settings.max_steps)
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")
         try:
             trainer.train(resume_from_checkpoint=resume_from)
@@ -172,35 +172,12 @@ def out_of_memory_advice(config: TrainingSettings, max_seq_length: int, profile:
     )
 
 
-def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json exists and parses.
+def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger, max_steps: int | None = None) -> str | None:
+    """The checkpoint a rerun resumes from: the newest that is whole and not the end of a finished training
+    (training/checkpoints.py says why each skipped one was skipped)."""
+    from medcot_pipeline.training.checkpoints import resume_point
 
-    The Trainer writes trainer_state.json last, so a process killed while saving leaves a folder
-    without it (or with it cut short); transformers' get_last_checkpoint would pick that folder and
-    fail to resume.
-    """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not checkpoint_dir.is_dir():
-        return None
-    candidates = [
-        (int(path.name.rsplit("-", 1)[1]), path)
-        for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()
-    ]
-    for _, path in sorted(candidates, reverse=True):
-        state = path / "trainer_state.json"
-        if not state.exists():
-            log.warning(f"{path.name} has no trainer_state.json (interrupted while saving); skipping it")
-            continue
-        try:
-            json.loads(state.read_text())
-        except (OSError, ValueError):
-            # transformers writes the state in place: a full disk or power loss can leave it empty or cut.
-            log.warning(f"{path.name}/trainer_state.json is unreadable (interrupted while saving); skipping it")
-            continue
-        return str(path)
-    return None
+    return resume_point(checkpoint_dir, max_steps, log)
 
 
 def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, history: list, log) -> None:
@@ -230,9 +207,11 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
     if target.entity:
         os.environ["WANDB_ENTITY"] = target.entity
     Path(target.dir).mkdir(parents=True, exist_ok=True)
-    import wandb
+    from medcot_pipeline.training.wandb_connection import init_run
 
-    run = wandb.init(
+    # Offline, with a warning, when the W&B server cannot be reached: tracking never costs the training run.
+    run = init_run(
+        log,
         project=target.project,
         entity=target.entity,
         dir=target.dir,
@@ -240,7 +219,7 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
         name=target.run_name,
         config={"training": settings.model_dump()},
     )
-    log.info(f"W&B run {run.name} ({target.mode}): {run.url or run.settings.sync_dir}")
+    log.info(f"W&B run {run.name} ({run.settings.mode}): {run.url or run.settings.sync_dir}")
     return run
 
 
