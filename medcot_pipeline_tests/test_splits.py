@@ -128,3 +128,14 @@ def test_the_overlap_check_compares_comparison_keys(tmp_path):
     frame(["WHAT CAUSES  CROUP?"]).to_parquet(tmp_path / "validation.parquet")
     result = no_train_validation_overlap(str(tmp_path))
     assert not result.passed and result.metadata["overlapping_questions"].value == 1
+
+
+def test_without_variants_the_split_is_the_one_keyed_by_each_question_s_text():
+    """Questions compared by key changed no split of data without variants: the held-out questions are still those
+    whose sha256(seed, text) is smallest (so earlier evaluations stay comparable)."""
+    import hashlib
+
+    df = format_records(cleaned(50))
+    _, validation, _ = split_train_validation(df, validation_size=5, seed=3407)
+    by_text = sorted(df["question"], key=lambda q: hashlib.sha256(f"3407\x00{q}".encode()).hexdigest())[:5]
+    assert set(validation["question"]) == set(by_text)

@@ -47,15 +47,22 @@ def split_train_validation(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(train, validation, info): a seeded split by question that does not depend on row order.
 
-    Each distinct question gets a key hashed from the seed and its comparison key (data/text_comparison.py),
-    so questions that differ only in case, whitespace, Unicode form or invisible characters are one question;
-    the questions with the smallest keys are held out. The same records and seed therefore give the same split
+    Questions with the same comparison key (data/text_comparison.py: differing only in case, whitespace, Unicode
+    form or invisible characters) are one question; each gets a key hashed from the seed and its text, and the
+    questions with the smallest keys are held out. The same records and seed therefore give the same split
     in any order, and rows sharing a question, in any of its spellings, always land on the same side.
     """
     if validation_size < 1:
         raise DatasetError(f"validation_size must be at least 1, got {validation_size}")
     require_columns(df, ("question",), "cannot split")
-    keys = [_split_key(seed, question) for question in df["question"].tolist()]
+    questions = df["question"].tolist()
+    compared = [comparison_key(question) for question in questions]
+    # The smallest spelling stands for each question: its key does not depend on row order, and data without variants
+    # keeps the split it had before questions were compared by key.
+    spelling: dict[str, str] = {}
+    for question, key in zip(questions, compared):
+        spelling[key] = min(spelling.get(key, question), question)
+    keys = [_split_key(seed, spelling[key]) for key in compared]
     distinct = sorted(set(keys))
     if len(distinct) < 2:
         raise DatasetError(
@@ -95,4 +102,4 @@ def _none_if_missing(value):
 
 
 def _split_key(seed: int, question: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{comparison_key(question)}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{question}".encode("utf-8")).hexdigest()
