@@ -595,8 +595,10 @@ def test_a_killed_writer_s_staging_directory_is_reclaimed_by_the_next_write(tmp_
         with store.new_version("merged_model", "next-run") as staging:
             (staging / "model").mkdir()
         assert not orphan.exists()
-        assert in_progress.is_dir()  # a live process's write is never taken
-        assert sorted(p.name for p in (root / "merged_model").iterdir()) == sorted(["good-run", "next-run", in_progress.name])
+        assert in_progress.is_dir()  # a live process's write (it holds the lock beside it) is never taken
+        assert sorted(p.name for p in (root / "merged_model").iterdir()) == sorted(
+            ["good-run", "next-run", in_progress.name, f"{in_progress.name}.lock"]
+        )
         assert tree_sha256(store.path("merged_model", "good-run")) == good_hash
     finally:
         stop_group(running)
