@@ -26,7 +26,7 @@ def safetensors_problem(path: Path | str) -> Optional[str]:
         with safe_open(str(path), framework="numpy") as handle:
             handle.keys()
     except Exception as err:  # noqa: BLE001 - SafetensorError (not an OSError) and OSError both mean "unreadable"
-        return f"cannot be read as safetensors ({str(err).strip().splitlines()[0]})"
+        return f"cannot be read as safetensors ({(str(err).strip().splitlines() or [type(err).__name__])[0]})"
     return None
 
 

@@ -51,7 +51,7 @@ def init_run(log, **init_kwargs):
         try:
             return wandb.init(**init_kwargs, settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT))
         except wandb.errors.Error as err:
-            reason = str(err).strip().splitlines()[0]
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
     log.warning(
         f"W&B at {url} cannot be reached ({reason}): logging this run offline under {init_kwargs.get('dir')}; "
         "upload it later with `wandb sync`"
