@@ -3,11 +3,79 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+# `.<name>.staging-<host>-<pid>`, beside it `.<name>.staging-<host>-<pid>.lock`, which the writer holds (flock) for as
+# long as it writes: the kernel releases it when the writer dies, however it dies, so an orphan is told from a write
+# in progress by trying the lock, here or on another node sharing the directory. `.<name>.staging-<pid>` (no lock)
+# is how staging directories were named before; those are judged by their pid on this host.
+_STAGING_NAME = re.compile(r"\.(?P<name>.+)\.staging-(?:(?P<host>.+)-)?(?P<pid>\d+)")
+_LOCK_SUFFIX = ".lock"
+
+
+def staging_name(final_name: str) -> str:
+    return f".{final_name}.staging-{socket.gethostname()}-{os.getpid()}"
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _held(lock_path: Path, *, wait: bool) -> Iterator[bool]:
+    """flock `lock_path` (created if missing); yields whether it was got (always, when waiting)."""
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _is_orphan(path: Path, match: re.Match) -> bool:
+    lock = path.with_name(path.name + _LOCK_SUFFIX)
+    if lock.exists():
+        with _held(lock, wait=False) as got:
+            return got
+    # Named before staging locks: only a process on this host that no longer runs leaves an orphan.
+    return match["host"] in (None, socket.gethostname()) and not _process_is_running(int(match["pid"]))
+
+
+def reclaim_orphaned_staging(parent: Path | str) -> list[tuple[Path, int]]:
+    """Remove staging directories under `parent` whose writer died without cleaning up (kill -9, OOM killer, reboot).
+
+    A write in progress, here or on another node sharing the directory, holds its lock and is never touched.
+    Returns (path, bytes freed) for each directory removed.
+    """
+    parent = Path(parent)
+    reclaimed = []
+    for path in sorted(parent.iterdir()) if parent.is_dir() else []:
+        match = _STAGING_NAME.fullmatch(path.name)
+        if not match or not path.is_dir() or not _is_orphan(path, match):
+            continue
+        size = tree_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_name(path.name + _LOCK_SUFFIX).unlink(missing_ok=True)
+        logger.warning(f"removed {path}, left by a process that no longer writes it ({size / 2**20:,.1f} MiB freed)")
+        reclaimed.append((path, size))
+    return reclaimed
 
 
 @contextlib.contextmanager
@@ -15,20 +83,31 @@ def atomic_directory(final: Path | str) -> Iterator[Path]:
     """Yield an empty staging directory beside `final`; it is renamed to `final` only when the block succeeds.
 
     A crash (or an exception) removes the staging directory, so a reader never finds half an artifact
-    under `final`, and an earlier `final` stays as it was until the new one is complete.
+    under `final`, and an earlier `final` stays as it was until the new one is complete. What a killed
+    process could not remove is reclaimed by the next write beside it (reclaim_orphaned_staging).
     """
     final = Path(final)
-    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if final.exists():  # a retried step replaces its own earlier output
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    existing = next(parent for parent in (final.parent, *final.parent.parents) if parent.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a directory: {final} cannot be written under it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_orphaned_staging(final.parent)
+    staging = final.with_name(staging_name(final.name))
+    lock = staging.with_name(staging.name + _LOCK_SUFFIX)
+    with _held(lock, wait=True):
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            try:
+                yield staging
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            if final.exists():  # a retried step replaces its own earlier output
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -67,4 +146,9 @@ def tree_sha256(directory: Path | str) -> str:
 
 
 def tree_bytes(directory: Path | str) -> int:
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    total = 0
+    for path in Path(directory).rglob("*"):
+        with contextlib.suppress(OSError):  # a file removed while counting
+            if path.is_file():
+                total += path.stat().st_size
+    return total

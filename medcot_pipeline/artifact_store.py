@@ -8,6 +8,10 @@ committed by uploading every file under its final keys and then writing `_MANIFE
 file's size and sha256. A PUT is atomic per object and S3 reads its own writes, so a prefix without a manifest
 is invisible to every reader here; a retry of the same version deletes the old manifest before it uploads.
 
+A local version carries the same manifest, written into the staging directory before the rename, so a reader
+on either kind of root checks what it reads against what the writer recorded: every file's size on each read
+(a stat), and its sha256 where it matters (`local_copy(..., hashes=True)`, before a merge or a release).
+
 Steps work on local files (transformers saves to local directories): `new_version` hands out a local staging
 directory and commits it when the block succeeds, `local_copy` gives a reader a verified local copy, kept in
 this node's cache. Credentials come from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
@@ -38,6 +42,11 @@ CACHE_ENV = "MEDCOT_ARTIFACT_CACHE"
 
 class ArtifactError(RuntimeError):
     """An artifact that is not committed, does not match its manifest, or lies outside the root; the message names it."""
+
+
+class ArtifactDamagedError(ArtifactError):
+    """A committed file whose size or sha256 is no longer what its writer recorded; the message names the file and
+    the asset to materialize again."""
 
 
 class ManifestEntry(BaseModel):
@@ -87,6 +96,50 @@ def read_manifest(location: str) -> Optional[ArtifactManifest]:
         return ArtifactManifest.model_validate_json(raw)
     except ValidationError as err:
         raise ArtifactError(f"{join(location, MANIFEST_FILE)} is not a manifest: {err.errors()[0]['msg']}") from err
+
+
+def build_manifest(directory: Path) -> ArtifactManifest:
+    """Size and sha256 of every file under `directory` (the manifest itself left out)."""
+    files = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        if relative != MANIFEST_FILE:
+            files[relative] = ManifestEntry(size=path.stat().st_size, sha256=file_sha256(path))
+    return ArtifactManifest(files=files, committed_at=time.time(), host=socket.gethostname())
+
+
+def damaged(path: Path | str, problem: str, asset: Optional[str]) -> ArtifactDamagedError:
+    """The one-line error for a file that is not what its writer recorded, naming what to materialize again."""
+    return ArtifactDamagedError(f"{path} {problem}: the file is damaged; {f'materialize {asset} again' if asset else 'write it again'}")
+
+
+def verify_files(directory: Path, manifest: ArtifactManifest, *, asset: Optional[str], hashes: bool = False, under: str = "") -> None:
+    """Check the files `manifest` lists (those under `under`, relative to `directory`) against it: present and of
+    the recorded size always, of the recorded sha256 when `hashes`. Raises ArtifactDamagedError naming the first
+    file that differs and the asset to materialize again."""
+    prefix = f"{under.strip('/')}/" if under.strip("/") else ""
+    for relative, entry in manifest.files.items():
+        if not relative.startswith(prefix):
+            continue
+        path = Path(directory) / relative
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise damaged(path, f"is missing but {MANIFEST_FILE} records it ({entry.size:,} bytes)", asset) from None
+        if size != entry.size:
+            raise damaged(path, f"is {size:,} bytes but {MANIFEST_FILE} records {entry.size:,}", asset)
+        if hashes and file_sha256(path) != entry.sha256:
+            raise damaged(path, f"has other bytes than {MANIFEST_FILE} records (sha256 {entry.sha256[:12]}...)", asset)
+
+
+def verify_version(version_dir: Path, *, asset: Optional[str] = None, hashes: bool = False, under: str = "") -> bool:
+    """Check a local version (or this node's copy of one) against its `_MANIFEST.json`; False when it has none
+    (versions written before local roots carried one)."""
+    manifest = _cached_manifest(Path(version_dir))
+    if manifest is None:
+        return False
+    verify_files(Path(version_dir), manifest, asset=asset or Path(version_dir).parent.name, hashes=hashes, under=under)
+    return True
 
 
 def commit_directory(local_dir: Path, location: str) -> ArtifactManifest:
@@ -231,27 +284,50 @@ class ArtifactRoot:
     def new_version(self, asset: str, run_id: str) -> Iterator[Path]:
         """Yield an empty local staging directory; when the block succeeds it becomes `<root>/<asset>/<run_id>`.
 
-        Local root: renamed into place. Object storage: uploaded, committed with its manifest, and then kept as
-        this node's cached copy. A failure anywhere leaves no trusted version and the staging directory removed.
+        Local root: the manifest is written, then the directory renamed into place. Object storage: uploaded,
+        committed with its manifest, and then kept as this node's cached copy. A failure anywhere leaves no trusted
+        version and the staging directory removed; one a killed process left is removed by the next write here.
         """
+        self.check_writable()
         final = self.local_path(asset, run_id)
         with atomic_directory(final) as staging:
             yield staging
             if self.remote:
                 manifest = commit_directory(staging, self.location(asset, run_id))
-                (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
+            else:
+                manifest = build_manifest(staging)
+            (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
+
+    def check_writable(self) -> None:
+        """Fail at once, naming the root, when the local directory cannot hold artifacts (a file is in the way)."""
+        existing = next(parent for parent in (self.base, *self.base.parents) if parent.exists())
+        if not existing.is_dir():
+            what = "the artifacts root" if existing == self.base else f"{existing}, above the artifacts root {self.base},"
+            raise ArtifactError(
+                f"{what} is a file, not a directory: point resources.artifacts.config.root in the profile at a directory"
+            )
 
     def version_dir(self, asset: str, run_id: str) -> Path:
         """The local directory of a committed version (fetched into the cache when the root is remote)."""
         return self.local_copy(self.location(asset, run_id))
 
-    def local_copy(self, location: str) -> Path:
+    def local_copy(self, location: str, *, hashes: bool = False) -> Path:
         """A verified local copy of `<root>/<asset>/<run id>[/sub/path]`: the path itself on a local root; on object
-        storage, this node's cached copy of the committed version, fetched (and checked) when missing or stale."""
+        storage, this node's cached copy of the committed version, fetched (and checked) when missing or stale.
+
+        Either way the files under it are checked against the version's manifest: sizes always, sha256 with
+        `hashes`. A version written before local roots had manifests is only checked to exist.
+        """
         if not self.remote:
             path = Path(location)
             if not path.exists():
                 raise ArtifactError(f"{location} does not exist")
+            try:
+                parts = self._parts(location)
+            except ArtifactError:  # a reference recorded before the root moved: nothing to check it against
+                parts = ()
+            if len(parts) >= 2:
+                verify_version(self.local_path(*parts[:2]), asset=parts[0], hashes=hashes, under="/".join(parts[2:]))
             return path
         parts = self._parts(location)
         if len(parts) < 2:
@@ -268,6 +344,11 @@ class ArtifactRoot:
         with FileLock(str(cached.parent / f".{cached.name}.lock")):
             if _cached_manifest(cached) != committed:
                 download_committed(self.location(*version), cached)
+            else:
+                try:  # this node's copy, fetched earlier, may have been damaged since: fetch it again
+                    verify_files(cached, committed, asset=version[0], hashes=hashes, under="/".join(inner))
+                except ArtifactDamagedError:
+                    download_committed(self.location(*version), cached)
         return cached.joinpath(*inner)
 
     def committed_versions(self, asset: str) -> list[str]:
@@ -355,6 +436,6 @@ class CheckpointMirror:
         return target
 
     def _newest_local(self) -> int:
-        """The step of the newest local checkpoint a run would resume from (checkpoints.py); -1 if none."""
+        """The step of the newest local checkpoint that is whole, the one a run would resume from (checkpoints.py); -1 if none."""
         newest = newest_complete_checkpoint(self.local_dir)
         return -1 if newest is None else checkpoint_step(newest)

@@ -15,6 +15,7 @@ import torch
 
 from medcot_pipeline.artifact_io import atomic_directory, files_sha256
 from medcot_pipeline.base_models import load_tokenizer
+from medcot_pipeline.model_paths import ModelLoadError, check_model_files
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def merge_adapter(
     """
     if dtype not in DTYPES:
         raise MergeError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    # Without its weights PEFT would look the directory up as a Hub repo id and fail about that instead.
+    try:
+        check_model_files(adapter_dir)
+    except ModelLoadError as err:
+        raise MergeError(str(err)) from None
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as staging:
         parameters = _merge_with_peft(base_model, adapter_dir, staging, dtype, max_shard_size)

@@ -1,7 +1,9 @@
 """Which model directory to answer with: paths checked, and a pipeline stage resolved to its newest run, without torch.
 
 `medcot ask` calls these before it imports anything heavy, so a typo fails in a fraction of a second with
-the path named; `load_for_inference` calls them too, so every caller gets the same rules and messages.
+the path named; `load_for_inference` calls them too, so every caller gets the same rules and messages. A model
+or adapter directory is also checked against what its writer recorded (`check_model_files`), so a damaged one
+fails in one line naming the file and the stage to materialize again, not deep inside safetensors.
 """
 
 from __future__ import annotations
@@ -108,10 +110,12 @@ def resolve_model_paths(model_path: str, adapter_path: str | None) -> tuple[str,
     elif not model_dir.is_dir():
         raise ModelLoadError(f"model path {model_path} is a file, not a model directory")
     elif (model_dir / "config.json").exists():
+        check_model_files(model_dir)
         model_ref = str(model_dir)
     elif (model_dir / "adapter_config.json").exists():
         if adapter_path is not None:
             raise ModelLoadError(f"{model_path} is a LoRA adapter; pass its base model as the model, not a second adapter")
+        check_model_files(model_dir)
         return adapter_base(model_dir), str(model_dir)
     else:
         raise ModelLoadError(f"{model_path} is not a model directory (no config.json)")
@@ -122,6 +126,7 @@ def resolve_model_paths(model_path: str, adapter_path: str | None) -> tuple[str,
     if not (adapter_dir / "adapter_config.json").exists():
         what = "does not exist" if not adapter_dir.exists() else "is not a LoRA adapter (no adapter_config.json)"
         raise ModelLoadError(f"adapter path {adapter_path} {what}")
+    check_model_files(adapter_dir)
     return model_ref, str(adapter_dir)
 
 
@@ -142,3 +147,59 @@ def adapter_base(adapter_dir: Path) -> str:
 
 def has_tokenizer(directory: Path) -> bool:
     return any((directory / name).exists() for name in TOKENIZER_FILES)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def stage_of(directory: Path) -> str | None:
+    """The pipeline stage that wrote `<root>/<stage>/<run id>/<model|adapter>`, or None for any other directory."""
+    directory = Path(directory)
+    stage = directory.parent.parent.name
+    return stage if RUN_SUBDIRECTORIES.get(stage) == directory.name else None
+
+
+def check_model_files(directory: Path | str, *, hashes: bool = False) -> None:
+    """Fail in one line, naming the file and what to materialize again, when a model or adapter directory is damaged.
+
+    Checked, cheapest first: the files its version's manifest lists (size; sha256 with `hashes`), that every
+    safetensors file is whole, that an adapter has its weights, and that merged weights add up to the size (and
+    sha256, with `hashes`) that merge.json records. No tensor is loaded.
+    """
+    from medcot_pipeline.artifact_io import files_sha256
+    from medcot_pipeline.artifact_store import ArtifactError, verify_version
+    from medcot_pipeline.contracts import ContractError, MergeRecord
+    from medcot_pipeline.file_integrity import safetensors_problem
+
+    directory = Path(directory)
+    merge_record = directory / MergeRecord.FILE
+    stage = stage_of(directory) or ("merged_model" if merge_record.exists() else None)
+    fix = f"materialize {stage} again" if stage else "write it again"
+    manifest_checked = False
+    if stage_of(directory):
+        try:
+            manifest_checked = verify_version(directory.parent, asset=stage, hashes=hashes, under=directory.name)
+        except ArtifactError as err:
+            raise ModelLoadError(str(err)) from None
+    weights = sorted(directory.glob("*.safetensors"))
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem is not None:
+            raise ModelLoadError(f"{path} {problem}: the file is damaged; {fix}")
+    if (directory / "adapter_config.json").exists() and not any((directory / name).exists() for name in ADAPTER_WEIGHTS):
+        raise ModelLoadError(f"{directory / ADAPTER_WEIGHTS[0]} is missing beside adapter_config.json: the adapter is damaged; {fix}")
+    if not merge_record.exists():
+        return
+    try:
+        record = MergeRecord.read(directory)
+    except ContractError as err:
+        raise ModelLoadError(f"{err}; {fix}") from None
+    size = sum(path.stat().st_size for path in weights)
+    if size != record.size_bytes:
+        what = weights[0] if len(weights) == 1 else f"the {len(weights)} safetensors files in {directory}"
+        raise ModelLoadError(f"{what} {'is' if len(weights) == 1 else 'are'} {size:,} bytes but {MergeRecord.FILE} records "
+                             f"{record.size_bytes:,}: the file is damaged; {fix}")
+    # The manifest's sha256 already covered these bytes; merge.json's is for versions written before manifests.
+    if hashes and not manifest_checked and files_sha256(weights) != record.weights_sha256:
+        raise ModelLoadError(f"the weights in {directory} have other bytes than {MergeRecord.FILE} records "
+                             f"(sha256 {record.weights_sha256[:12]}...): the file is damaged; {fix}")

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from medcot_pipeline.artifact_store import (
     MANIFEST_FILE,
@@ -122,7 +124,9 @@ def test_checkpoints_move_to_another_node_through_object_storage(s3_env, tmp_pat
     for step in (2, 4, 6):
         checkpoint = node_a / f"checkpoint-{step}"
         checkpoint.mkdir(parents=True)
-        (checkpoint / "adapter_model.safetensors").write_bytes(os.urandom(1 << 16))
+        # Real safetensors: a node trusts a local checkpoint only when its files are whole (file_integrity.py).
+        save_file({"lora_A.weight": np.random.default_rng(step).random((64, 64), dtype=np.float32)},
+                  checkpoint / "adapter_model.safetensors")
         (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         mirror.push(checkpoint, keep=2)
     assert sorted(mirror.committed()) == [4, 6]
@@ -146,3 +150,22 @@ def test_credentials_come_from_the_environment(s3_server, tmp_path):
     bad = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          env={**env, **s3_server.env, "AWS_SECRET_ACCESS_KEY": "wrong", "HOME": str(tmp_path)})
     assert bad.returncode != 0 and "PermissionError" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_a_damaged_copy_is_caught_on_either_root(root):
+    """A file of a committed version cut short after the commit: on object storage this node's copy is fetched again
+    (the committed files are intact); on a directory, the version itself is damaged and the read fails naming it."""
+    from medcot_pipeline.artifact_store import ArtifactDamagedError
+
+    weights = os.urandom(1 << 20)
+    with root.new_version("lora_adapter", "run-1") as staging:
+        write_adapter(staging, weights)
+    adapter = root.local_copy(root.location("lora_adapter", "run-1", "adapter"))
+    (adapter / "adapter_model.safetensors").write_bytes(weights[:1000])
+    if root.remote:
+        again = root.local_copy(root.location("lora_adapter", "run-1", "adapter"))
+        assert (again / "adapter_model.safetensors").read_bytes() == weights
+    else:
+        with pytest.raises(ArtifactDamagedError, match=r"adapter_model\.safetensors is 1,000 bytes but _MANIFEST\.json records 1,048,576: "
+                                                       r"the file is damaged; materialize lora_adapter again"):
+            root.local_copy(root.location("lora_adapter", "run-1", "adapter"))

@@ -1,6 +1,7 @@
 """Loading raw records: the bundled sample, local files of every supported format, and the Hub call."""
 
 import json
+import re
 
 import datasets
 import pandas as pd
@@ -329,3 +330,24 @@ def test_unreadable_file_is_a_dataset_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(DatasetError, match=r"locked\.jsonl cannot be read: Permission denied"):
         from_file(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_lines_split_at_newlines_only(tmp_path, suffix):
+    """U+2028, U+2029 and NEL are valid unescaped inside a JSON string; JSON Lines separates records at \\n only."""
+    records = [{"Question": "Dose\u2028of aspirin?", "Complex_CoT": "Para one.\u2029Para two.", "Response": "Low\x85dose."},
+               {"Question": "Second?", "Complex_CoT": "c", "Response": "r"}]
+    path = tmp_path / f"records{suffix}"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    df, _ = load_records(RawDatasetSettings(source="file", path=str(path)))
+    assert df.to_dict("records") == records
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_deeply_nested_json_is_a_dataset_error(tmp_path, suffix):
+    """A record nested 100,000 levels deep: a DatasetError naming the file (and line), not a RecursionError."""
+    path = tmp_path / f"deep{suffix}"
+    path.write_text('{"Question": ' + "[" * 100_000 + "]" * 100_000 + ', "Complex_CoT": "c", "Response": "r"}\n')
+    where = f"{path}: line 1" if suffix == ".jsonl" else str(path)
+    with pytest.raises(DatasetError, match=re.escape(f"{where}: JSON nested deeper than the parser can follow")):
+        load_records(RawDatasetSettings(source="file", path=str(path)))

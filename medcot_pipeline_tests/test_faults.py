@@ -15,7 +15,7 @@ import psutil
 import pytest
 from dagster._serdes import serialize_value
 
-from medcot_pipeline.artifact_io import tree_sha256
+from medcot_pipeline.artifact_io import files_sha256, tree_sha256
 from medcot_pipeline.defs.resources import ArtifactStore
 from medcot_pipeline_tests.conftest import REPO_ROOT
 from medcot_pipeline_tests.pipeline_harness import (
@@ -157,7 +157,8 @@ def test_new_version_renames_into_place_and_replaces_a_retry_of_the_same_run(tmp
         (staging / "second.txt").write_text("2")
 
     final = store.path("merged_model", "run-1")
-    assert [p.name for p in final.iterdir()] == ["second.txt"]
+    # The manifest (every file's size and sha256) is written into the staging directory before the rename.
+    assert sorted(p.name for p in final.iterdir()) == ["_MANIFEST.json", "second.txt"]
     assert [p.name for p in store.path("merged_model").iterdir()] == ["run-1"]
 
 
@@ -309,8 +310,10 @@ def fake_release_inputs(artifacts: Path) -> None:
     (merged / "tokenizer_config.json").write_text("{}")
     save_file({"lm_head.weight": np.zeros((4, 4), dtype=np.float32)}, merged / "model.safetensors")
     base = BaseModelRef(name="meta-llama/Llama-3.2-3B-Instruct", reference="meta-llama/Llama-3.2-3B-Instruct")
+    weights = [merged / "model.safetensors"]
+    # What merged_model records of its weights, which hub_release checks before it stages them.
     MergeRecord(adapter_dir=str(adapter), adapter_sha256="0" * 64, base_model=base, dtype="float32", parameters=16,
-                weights_sha256="1" * 64, size_bytes=64).write(merged)
+                weights_sha256=files_sha256(weights), size_bytes=weights[0].stat().st_size).write(merged)
     evaluation_report(merged_model_dir=str(merged)).write(report)
     (artifacts / "refs").mkdir()
     for asset, path in (("lora_adapter", adapter), ("merged_model", merged), ("rouge_report", report)):
@@ -550,3 +553,130 @@ def test_every_asset_path_metadata_is_its_artifact_directory(secret_runs):
         assert path.is_relative_to(artifacts / asset / release.run_id), (asset, path)
         assert not path.is_relative_to(home / "storage"), (asset, path)
         assert any(path.iterdir()), (asset, path)  # what the asset wrote, not an empty placeholder
+
+
+# ---------------------------------------------------------------- leftovers, roots and homes (issue 28)
+
+STAGING_WRITER = """
+import sys, time
+from medcot_pipeline.artifact_store import ArtifactRoot
+with ArtifactRoot(sys.argv[1]).new_version("merged_model", sys.argv[2]) as staging:
+    (staging / "model").mkdir()
+    (staging / "model" / "model.safetensors").write_bytes(b"x" * (4 << 20))
+    print(staging, flush=True)
+    time.sleep(600)
+"""
+
+
+def start_staging_writer(root: Path, run_id: str) -> tuple[subprocess.Popen, Path]:
+    """A process that is writing a merged_model version (its staging directory holds 4 MiB) and does not finish."""
+    writer = subprocess.Popen([sys.executable, "-c", STAGING_WRITER, str(root), run_id], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    return writer, Path(writer.stdout.readline().strip())
+
+
+def test_a_killed_writer_s_staging_directory_is_reclaimed_by_the_next_write(tmp_path):
+    """kill -9 while merged_model writes: its staging directory stays (nothing in the process can remove it); the next
+    version written beside it removes it. A writer still running keeps its own, and committed versions are untouched."""
+    root = tmp_path / "artifacts"
+    store = ArtifactStore(root=str(root))
+    with store.new_version("merged_model", "good-run") as staging:
+        (staging / "model").mkdir()
+        (staging / "model" / "config.json").write_text("{}")
+    good_hash = tree_sha256(store.path("merged_model", "good-run"))
+
+    killed, orphan = start_staging_writer(root, "killed-run")
+    running, in_progress = start_staging_writer(root, "running-run")
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert orphan.is_dir() and orphan.name.startswith(".killed-run.staging-")  # the leftover of the issue
+
+        with store.new_version("merged_model", "next-run") as staging:
+            (staging / "model").mkdir()
+        assert not orphan.exists()
+        assert in_progress.is_dir()  # a live process's write (it holds the lock beside it) is never taken
+        assert sorted(p.name for p in (root / "merged_model").iterdir()) == sorted(
+            ["good-run", "next-run", in_progress.name, f"{in_progress.name}.lock"]
+        )
+        assert tree_sha256(store.path("merged_model", "good-run")) == good_hash
+    finally:
+        stop_group(running)
+        stop_group(killed)
+
+
+def test_an_artifacts_root_that_is_a_file_fails_at_once(tmp_path):
+    """Was retried for 47 s: now the first attempt fails, naming the root and the profile key to fix."""
+    root = tmp_path / "artifacts"
+    root.write_text("not a directory")
+    profile = tiny_profile(tmp_path / "unused-base-model", root)
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    result = materialize(load_defs(write_profile(tmp_path / "file-root.yaml", profile)), instance, ["raw_dataset"])
+
+    assert not result.success and step_retries(instance, result.run_id) == 0
+    [failure] = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failure.step_failure_data.error.message.strip() == (
+        "dagster._core.definitions.events.Failure: the artifacts root is a file, not a directory: point "
+        "resources.artifacts.config.root in the profile at a directory"
+    )
+    assert root.read_text() == "not a directory"
+
+
+def test_a_run_config_root_other_than_the_active_profile_s_is_the_run_s_root(tmp_path, tiny_llama_dir):
+    """`-c other.yaml` whose artifacts root differs from MEDCOT_PROFILE's: was 47 s of retries ending in "not under the
+    artifacts root", an orphan version in the other root, and a later step reading the active root's upstream. Now
+    every write, reference and read of the run is under the run's root."""
+    from medcot_pipeline.contracts import SplitsSummary
+
+    active_root, run_root = tmp_path / "active", tmp_path / "other"
+    records = tmp_path / "other.jsonl"
+    records.write_text("\n".join(json.dumps({"Question": f"Other case {i}?", "Complex_CoT": "Think.", "Response": "Do."})
+                                 for i in range(8)))
+    active = write_profile(tmp_path / "active.yaml", tiny_profile(tiny_llama_dir, active_root))
+    other = tiny_profile(tiny_llama_dir, run_root, raw_dataset={"source": "file", "path": str(records)})
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    defs = load_defs(active)
+    job = defs.resolve_implicit_global_asset_job_def()
+    # The active root already holds a raw_dataset (the bundled sample): no run with the other root may read it.
+    assert materialize(defs, instance, ["raw_dataset"]).success
+    # What `dagster asset materialize -c other.yaml` passes: the file's resources and ops as run config.
+    run_config = {"resources": {"artifacts": {"config": other["resources"]["artifacts"]["config"]}}}
+
+    started = time.monotonic()
+    raw = job.execute_in_process(instance=instance, run_config={**run_config, "ops": {"raw_dataset": other["ops"]["raw_dataset"]}},
+                                 asset_selection=[dg.AssetKey("raw_dataset")], raise_on_error=False)
+    assert raw.success and step_retries(instance, raw.run_id) == 0, step_errors(instance, raw.run_id)
+    assert time.monotonic() - started < 40
+    assert json.loads((run_root / "refs" / "raw_dataset.json").read_text())["location"] == str(run_root / "raw_dataset" / raw.run_id)
+    assert sorted(p.name for p in (active_root / "raw_dataset").iterdir()) == [instance.get_runs()[-1].run_id]
+
+    # A later run of formatted_splits alone, with the same -c file, reads raw_dataset from the run's root.
+    splits = job.execute_in_process(instance=instance, run_config=run_config, asset_selection=[dg.AssetKey("formatted_splits")],
+                                    raise_on_error=False)
+    assert splits.success, step_errors(instance, splits.run_id)
+    assert SplitsSummary.read(run_root / "formatted_splits" / splits.run_id).dataset.location == str(records)
+    assert not (active_root / "formatted_splits").exists()
+
+
+def test_runs_started_at_once_on_a_new_dagster_home_all_open_it(tmp_path):
+    """Was `table secondary_indexes already exists` (or alembic seeing two heads) for one of two processes opening a new
+    DAGSTER_HOME at once; the shipped dagster.yaml's instance creates the tables under a lock."""
+    code = ("import dagster as dg\n"
+            "with dg.DagsterInstance.get() as instance:\n"
+            "    instance.get_runs(limit=1)\n"
+            "    instance.event_log_storage.get_concurrency_info('gpu')\n")
+    failures = []
+    for trial in range(4):
+        home = tmp_path / f"home{trial}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        openers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                   for _ in range(3)]
+        for opener in openers:
+            _, err = opener.communicate(timeout=300)
+            if opener.returncode:
+                failures.append(err.strip().splitlines()[-1])
+    assert failures == []

@@ -1,5 +1,9 @@
 """Profiles: every shipped one loads, and a bad one fails at launch with the key named."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
@@ -84,3 +88,35 @@ def test_profile_values_become_config_defaults():
     cls = config_class("lora_adapter", profile)
     assert cls().max_steps == profile.ops["lora_adapter"]["max_steps"]
     assert cls(max_steps=3).max_steps == 3
+
+
+@pytest.mark.parametrize("written,spelled", [("1e-3", "1.0e-3"), ("2E-5", "2.0e-5"), ("5e+1", "5.0e+1")])
+def test_an_exponent_without_a_dot_fails_in_one_line_naming_file_and_key(tmp_path, written, spelled):
+    """YAML 1.1 reads `1e-3` as the string "1e-3": Dagster's run config, which reads the same file, would refuse it in a
+    40-line trace naming neither file nor key; the profile says so at launch, with the spelling that works."""
+    profile = tmp_path / "lr.yaml"
+    profile.write_text(f"ops:\n  lora_adapter:\n    config:\n      learning_rate: {written}\n")
+    with pytest.raises(ProfileError) as caught:
+        read_profile(profile)
+    number = float(written)
+    assert str(caught.value) == (
+        f"{profile}: ops.lora_adapter.config.learning_rate: '{written}' is text to YAML, not a number (YAML 1.1 reads an "
+        f"exponent without a dot as a string): write it as {spelled} or {number!r}"
+    )
+    # What the message suggests loads.
+    profile.write_text(f"ops:\n  lora_adapter:\n    config:\n      learning_rate: {spelled}\n")
+    assert profile_settings("lora_adapter", read_profile(profile)).learning_rate == number
+
+
+def test_a_bad_exponent_profile_stops_the_definitions_loading_with_the_profile_error(tmp_path):
+    """MEDCOT_PROFILE with `learning_rate: 1e-3`: loading the code location fails with that one ProfileError."""
+    from medcot_pipeline_tests.conftest import REPO_ROOT
+
+    profile = tmp_path / "lr.yaml"
+    profile.write_text("ops:\n  lora_adapter:\n    config:\n      learning_rate: 1e-3\n")
+    result = subprocess.run([sys.executable, "-c", "import medcot_pipeline.definitions"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, env={**os.environ, "MEDCOT_PROFILE": str(profile)}, timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"medcot_pipeline.defs.profiles.ProfileError: {profile}: ops.lora_adapter.config.learning_rate: '1e-3'")
+    assert "DagsterInvalidConfigError" not in result.stderr

@@ -103,3 +103,39 @@ def test_real_records_format_and_split(real_records_path):
     train, validation, info = split_train_validation(formatted, validation_size=100, seed=3407)
     assert (len(train), len(validation)) == (159, 39)
     assert "capped" in info["validation_size_reason"]
+
+
+def test_questions_that_differ_in_case_whitespace_or_unicode_form_land_on_one_side():
+    """The split key is the comparison key: variants of one question (kept because their reasoning differs, e.g. a
+    source with near-duplicates) never straddle train and validation, and count as one distinct question."""
+    from medcot_pipeline.data.text_comparison import comparison_key
+
+    base = [f"Which drug treats case {i}?" for i in range(30)]
+    variants = [q.upper() for q in base] + [q.replace(" ", "  ") for q in base] + [q.replace("?", "\uff1f") for q in base]
+    df = pd.DataFrame({"question": base + variants, "target": ["t"] * (len(base) + len(variants))})
+    train, validation, info = split_train_validation(df, validation_size=5, seed=3407)
+    assert info["distinct_questions"] == 30 and info["validation_questions"] == 5
+    assert len(validation) == 20  # each held-out question with its three variants
+    assert not set(map(comparison_key, train["question"])) & set(map(comparison_key, validation["question"]))
+
+
+def test_the_overlap_check_compares_comparison_keys(tmp_path):
+    """The blocking check fails on a validation question that is a training one in another case."""
+    from medcot_pipeline.defs.checks import no_train_validation_overlap
+
+    frame = lambda questions: pd.DataFrame({c: [q if c == "question" else "x" for q in questions] for c in FORMATTED_COLUMNS})
+    frame(["What causes croup?", "Dose of aspirin?"]).to_parquet(tmp_path / "train.parquet")
+    frame(["WHAT CAUSES  CROUP?"]).to_parquet(tmp_path / "validation.parquet")
+    result = no_train_validation_overlap(str(tmp_path))
+    assert not result.passed and result.metadata["overlapping_questions"].value == 1
+
+
+def test_without_variants_the_split_is_the_one_keyed_by_each_question_s_text():
+    """Questions compared by key changed no split of data without variants: the held-out questions are still those
+    whose sha256(seed, text) is smallest (so earlier evaluations stay comparable)."""
+    import hashlib
+
+    df = format_records(cleaned(50))
+    _, validation, _ = split_train_validation(df, validation_size=5, seed=3407)
+    by_text = sorted(df["question"], key=lambda q: hashlib.sha256(f"3407\x00{q}".encode()).hexdigest())[:5]
+    assert set(validation["question"]) == set(by_text)

@@ -309,3 +309,75 @@ def test_out_of_memory_names_the_profile_and_suggests_smaller_settings(tiny_llam
     assert "t4 profile" in message and "per_device_train_batch_size" in message
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
     assert not (tmp_path / "adapter").exists()
+
+
+# ---------------------------------------------------------------- reruns that must not loop or overshoot (issue 28)
+
+
+def copied_checkpoints(first_run, tmp_path) -> Path:
+    out, _, _, _ = first_run
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(out / "checkpoints", checkpoints)
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    return checkpoints
+
+
+def rerun_job(first_run, checkpoints: Path, tmp_path, max_steps: int) -> TrainingJob:
+    _, job, _, _ = first_run
+    return job.model_copy(update={
+        "settings": job.settings.model_copy(update={"max_steps": max_steps}),
+        "checkpoint_dir": str(checkpoints),
+        "output_dir": str(tmp_path / "adapter"),
+        "wandb": job.wandb.model_copy(update={"enabled": False}),
+    })
+
+
+def test_a_rerun_of_a_finished_training_does_not_train_past_max_steps(first_run, tmp_path):
+    """The issue's case: the same training rerun with its checkpoints intact resumed checkpoint-3 of 3 and trained a 4th
+    step (the Trainer skips into the epoch and stops only after a step). The last checkpoint is a result, not a resume
+    point: the rerun resumes the one before it and ends at max_steps."""
+    checkpoints = copied_checkpoints(first_run, tmp_path)
+    log, lines = recording_logger("finished")
+    summary = run.train(rerun_job(first_run, checkpoints, tmp_path, max_steps=3), log)
+
+    assert summary.global_step == 3
+    assert Path(summary.resumed_from).name == "checkpoint-2"
+    assert [row["step"] for row in summary.loss_per_step] == [1, 2, 3]
+    assert any(line.startswith("checkpoint-3 is the end of a finished training (step 3 of max_steps 3)") for line in lines.lines)
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "optimizer.pt"])
+def test_a_truncated_checkpoint_is_skipped_with_a_message(first_run, tmp_path, damaged):
+    """A checkpoint whose weights or optimizer state were cut short (a full disk, a copy that stopped): resuming it failed
+    the same way on every rerun. It is skipped, naming the file, for the one before it."""
+    checkpoints = copied_checkpoints(first_run, tmp_path)
+    path = checkpoints / "checkpoint-3" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    log, lines = recording_logger(f"truncated-{damaged}")
+    summary = run.train(rerun_job(first_run, checkpoints, tmp_path, max_steps=4), log)
+
+    assert Path(summary.resumed_from).name == "checkpoint-2" and summary.global_step == 4
+    skipped = [line for line in lines.lines if line.startswith(f"checkpoint-3/{damaged} ")]
+    assert len(skipped) == 1 and skipped[0].endswith("; skipping it"), lines.lines
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline(tiny_llama_dir, splits, tmp_path, monkeypatch):
+    """W&B configured (key set, online) but its server refuses connections: was ~100 s of wandb.init retries and then
+    "External execution process failed"; now a warning naming the server, and the run logged offline."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "FAKEwandbkey0987654321SECRETFAKEwandbkey")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    job = make_job(tiny_llama_dir, splits, tmp_path, wandb=True, max_steps=1, save_steps=1)
+    job = job.model_copy(update={"wandb": job.wandb.model_copy(update={"mode": "online"})})
+    log, lines = recording_logger("wandb-unreachable")
+    summary = run.train(job, log)
+
+    assert summary.global_step == 1 and summary.wandb is not None and summary.wandb.url is None
+    warning = next(line for line in lines.lines if line.startswith("W&B at "))
+    assert warning.startswith(f"W&B at http://127.0.0.1:{port} cannot be reached (127.0.0.1:{port}: ")
+    assert "logging this run offline" in warning
+    assert list(Path(summary.wandb.dir).glob("run-*.wandb"))

@@ -17,13 +17,25 @@ started=$SECONDS
 run_id=$("$PY" -c 'import uuid; print(uuid.uuid4())')
 "$BIN/dagster" job launch -j medcot_pipeline -c "$MEDCOT_PROFILE" --run-id "$run_id"
 daemon=""
-if ! "$BIN/dagster-daemon" liveness-check >/dev/null 2>&1; then
+start_daemon() {
   setsid "$BIN/dagster-daemon" run &  # its own process group, so it and its code server stop together
   daemon=$!
   trap '[ -n "$daemon" ] && kill -- -"$daemon" 2>/dev/null; wait 2>/dev/null || true' EXIT
+}
+# A daemon counts as running only with a heartbeat from the last 90 s (`dagster-daemon liveness-check` accepts
+# one 30 minutes old, so a `dagster dev` stopped a minute ago would look live and the run would wait forever).
+if ! "$PY" scripts/wait_for_run.py --daemon-is-live; then
+  start_daemon
 fi
 status=0
 "$PY" scripts/wait_for_run.py "$run_id" || status=$?
+if [ "$status" -eq 3 ] && [ -z "$daemon" ]; then
+  # The daemon that looked live stopped before it took the run: start one here and wait again.
+  echo "medcot: starting a Dagster daemon here" >&2
+  start_daemon
+  status=0
+  "$PY" scripts/wait_for_run.py "$run_id" || status=$?
+fi
 elapsed=$((SECONDS - started))
 root=$("$PY" -c 'import sys; from medcot_pipeline.model_paths import artifacts_root; print(artifacts_root())')
 echo "medcot: run $run_id finished in $((elapsed / 60)) min $((elapsed % 60)) s; $root/ holds $(du -sh "$root" | cut -f1)."

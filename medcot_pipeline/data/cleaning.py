@@ -8,12 +8,23 @@ The rule, applied to Question, Complex_CoT and Response in that order:
   drop it (`dropped_non_string_<field>`): a Parquet binary or list column is never turned into its repr.
 - CRLF and lone CR become LF; leading and trailing whitespace is stripped. Nothing left drops the row
   (`dropped_empty_<field>`).
+- Control characters other than newline and tab are removed, ANSI escape sequences whole (`\x1b[31m`), NUL
+  and the rest one by one (`removed_control_characters` counts the fields changed): they carry no words, and a
+  NUL or a colour code would otherwise become part of what the model learns to write.
 - The strings <think>, </think>, <response> and </response> inside a text are escaped, not removed:
   `<think>` becomes `&lt;think&gt;` (`escaped_tags` counts the fields changed). The target then never holds
   nested or unbalanced tags, and a question about the tag still says what it said ("What does &lt;think&gt;
   mean?"), where removing it would leave "What does  mean?". A field of nothing but tags counts as empty.
+- The base model's special tokens (`<|im_start|>`, `<|eot_id|>`, ... as the tokenizer that formats the data
+  lists them) are neutralised the same way, `<|im_end|>` becoming `&lt;|im_end|&gt;`
+  (`neutralised_special_tokens` counts the fields changed): the tokenizer would otherwise read them as the
+  control token itself, and a record could close the user's turn or open a fake assistant turn inside the
+  training target.
+- A field that holds nothing visible (only zero-width, format or control characters and whitespace) drops the
+  row (`dropped_invisible_<field>`).
 - A row is counted under the first field that fails, so input_rows = output_rows + the dropped_* counts.
-- Of rows whose normalised Question is identical, the first is kept (`dropped_duplicate_question`).
+- Of rows whose Question has the same comparison key (data/text_comparison.py: case, whitespace, Unicode form
+  and invisible characters ignored), the first is kept (`dropped_duplicate_question`).
 
 Multiple-choice metadata, when present, never drops a row: `options` may be a dict, a JSON string or
 a Python-repr string (the Hub data stores repr), and is stored as a JSON object string; a null letter
@@ -27,27 +38,61 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
+import unicodedata
+from collections.abc import Iterable
 from numbers import Integral, Real
 
 import pandas as pd
 
 from medcot_pipeline.chat_format import TAGS
 from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, require_columns
+from medcot_pipeline.data.text_comparison import comparison_key, is_invisible
 
 _NULL, _NON_STRING = "null", "non_string"
 _BAD = object()  # marks options that were present but unreadable, so they can be counted
+# ANSI/VT100 escape sequences: CSI (ESC [ parameters intermediates final, e.g. colours), OSC (ESC ] ... BEL or ESC \)
+# and the two-byte ones (ESC and one of @ to _); removed whole, so no "[31m" is left behind.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+_KEPT_CONTROLS = {"\n", "\t"}
 
 
-def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The rows that pass the rule above, re-indexed, and how many rows each part of it touched."""
+def special_token_strings(tokenizer) -> list[str]:
+    """The strings a tokenizer reads as one control token: its special tokens and its added tokens that look like
+    markup (`<|...|>`, `<...>`, `[...]`), never an added ordinary word."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        content = getattr(token, "content", str(token))
+        if getattr(token, "special", False) or re.fullmatch(r"<.+>|\[.+\]", content, flags=re.DOTALL):
+            tokens.add(content)
+    return sorted((token for token in tokens if token and token.strip()), key=lambda token: (-len(token), token))
+
+
+def neutralise(token: str) -> str:
+    """How a special token is written in the data: its brackets escaped, so it reads the same and tokenizes as text."""
+    if "<" in token or ">" in token:
+        return token.replace("<", "&lt;").replace(">", "&gt;")
+    # No angle brackets ([INST]-style): a word joiner after the first character breaks the match and shows nothing.
+    return token[0] + "\u2060" + token[1:]
+
+
+def clean_records(df: pd.DataFrame, special_tokens: Iterable[str] = ()) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows that pass the rule above, re-indexed, and how many rows each part of it touched.
+
+    `special_tokens`: the strings the base model's tokenizer reads as control tokens (special_token_strings).
+    """
     require_columns(df, RAW_COLUMNS, "cannot clean records")
+    tokens = sorted({token for token in special_tokens if token and token not in TAGS}, key=lambda token: (-len(token), token))
+    # Longest first, so a token that contains another is replaced whole.
+    token_pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
     counts = {"input_rows": len(df)}
     for field in RAW_COLUMNS:
-        for reason in ("null", "non_string", "empty"):
+        for reason in ("null", "non_string", "empty", "invisible"):
             counts[f"dropped_{reason}_{field}"] = 0
     counts |= {f"coerced_{field}": 0 for field in RAW_COLUMNS}
-    counts |= {"escaped_tags": 0, "dropped_duplicate_question": 0, "nulled_bad_options": 0}
+    counts |= {"removed_control_characters": 0, "escaped_tags": 0, "neutralised_special_tokens": 0,
+               "dropped_duplicate_question": 0, "nulled_bad_options": 0}
 
     kept_positions: list[int] = []
     cleaned: dict[str, list[str]] = {field: [] for field in RAW_COLUMNS}
@@ -62,17 +107,22 @@ def clean_records(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
                 break
             if not isinstance(columns[field][position], str):
                 counts[f"coerced_{field}"] += 1
-            text, had_tags = _normalise(text)
-            counts["escaped_tags"] += had_tags
+            text, changes = _normalise(text, token_pattern)
+            for change in changes:
+                counts[change] += 1
             if not text:
                 counts[f"dropped_empty_{field}"] += 1
                 break
+            if is_invisible(text):
+                counts[f"dropped_invisible_{field}"] += 1
+                break
             row[field] = text
         else:
-            if row["Question"] in seen_questions:
+            key = comparison_key(row["Question"])
+            if key in seen_questions:
                 counts["dropped_duplicate_question"] += 1
                 continue
-            seen_questions.add(row["Question"])
+            seen_questions.add(key)
             kept_positions.append(position)
             for field in RAW_COLUMNS:
                 cleaned[field].append(row[field])
@@ -122,14 +172,33 @@ def escape_tags(text: str) -> str:
     return text
 
 
-def _normalise(text: str) -> tuple[str, bool]:
+def remove_control_characters(text: str) -> str:
+    """Without ANSI escape sequences and control characters (category Cc) other than newline and tab."""
+    text = _ANSI_ESCAPE.sub("", text)
+    return "".join(ch for ch in text if ch in _KEPT_CONTROLS or unicodedata.category(ch) != "Cc")
+
+
+def _normalise(text: str, token_pattern: re.Pattern | None) -> tuple[str, list[str]]:
+    """(cleaned text, the counters of what changed it); "" when nothing but tags and whitespace is left."""
+    changes = []
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    escaped = escape_tags(text)
-    bare = text
+    visible = remove_control_characters(text)
+    if visible != text:
+        changes.append("removed_control_characters")
+    escaped = escape_tags(visible)
+    if escaped != visible:
+        changes.append("escaped_tags")
+    bare = visible
     for tag in TAGS:
         bare = bare.replace(tag, "")
-    # A field of nothing but tags says nothing: it counts as empty.
-    return (escaped.strip() if bare.strip() else ""), escaped != text
+    if token_pattern is not None:
+        neutralised = token_pattern.sub(lambda match: neutralise(match[0]), escaped)
+        if neutralised != escaped:
+            changes.append("neutralised_special_tokens")
+        escaped = neutralised
+        bare = token_pattern.sub("", bare)
+    # A field of nothing but tags (or control tokens) says nothing: it counts as empty.
+    return (escaped.strip() if bare.strip() else ""), changes
 
 
 def _optional_text(value) -> str | None:

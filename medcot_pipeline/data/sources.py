@@ -161,10 +161,17 @@ def _not_utf8(path: Path) -> str:
 _SHAPES = "an array of records ([{\"Question\": ..., \"Complex_CoT\": ..., \"Response\": ...}, ...]) or JSON Lines (one such object per line)"
 
 
+def _too_deep(path: Path, where: str = "") -> DatasetError:
+    # Python's JSON parser recurses once per level of nesting; no record of medical-o1 nests more than a few.
+    return DatasetError(f"{path}{where}: JSON nested deeper than the parser can follow (a record holds a few levels at most)")
+
+
 def _parse_json_file(path: Path, text: str) -> list[dict]:
     """A .json file holds one array of records or, as many exports do, JSON Lines."""
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise _too_deep(path) from None
     except json.JSONDecodeError as err:
         if text.lstrip().startswith("["):
             raise DatasetError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
@@ -186,13 +193,24 @@ def _records(path: Path, value) -> list[dict]:
     return value
 
 
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text: split at \\n only, an \\r before it dropped (jsonlines.org).
+
+    Not str.splitlines, which also splits at U+2028, U+2029, \\x1c-\\x1e, \\x85, \\v and \\f, all of which valid JSON
+    may hold unescaped inside a string.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def _parse_json_lines(path: Path, text: str) -> list[dict]:
     records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(json_lines(text), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise _too_deep(path, f": line {line_number}") from None
         except json.JSONDecodeError as err:
             if not records and path.suffix.lower() == ".jsonl":
                 _raise_if_one_value(path, text)
@@ -212,7 +230,7 @@ def _raise_if_one_value(path: Path, text: str) -> None:
     """A .jsonl file that is one JSON value spread over several lines (a pretty-printed export): say so."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return
     if isinstance(value, list):
         raise DatasetError(f"{path} holds one JSON array over several lines, not JSON Lines: name the file .json")

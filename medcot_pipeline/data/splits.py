@@ -9,6 +9,7 @@ import pandas as pd
 
 from medcot_pipeline.chat_format import TAGS, build_target
 from medcot_pipeline.data.schema import MULTIPLE_CHOICE_COLUMNS, RAW_COLUMNS, DatasetError, require_columns
+from medcot_pipeline.data.text_comparison import comparison_key
 
 # Small datasets keep most rows for training: validation never takes more than this share.
 MAX_VALIDATION_SHARE = 0.2
@@ -46,14 +47,22 @@ def split_train_validation(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(train, validation, info): a seeded split by question that does not depend on row order.
 
-    Each distinct question gets a key hashed from the seed and its text; the questions with the
-    smallest keys are held out. The same records and seed therefore give the same split in any
-    order, and rows sharing a question always land on the same side.
+    Questions with the same comparison key (data/text_comparison.py: differing only in case, whitespace, Unicode
+    form or invisible characters) are one question; each gets a key hashed from the seed and its text, and the
+    questions with the smallest keys are held out. The same records and seed therefore give the same split
+    in any order, and rows sharing a question, in any of its spellings, always land on the same side.
     """
     if validation_size < 1:
         raise DatasetError(f"validation_size must be at least 1, got {validation_size}")
     require_columns(df, ("question",), "cannot split")
-    keys = [_split_key(seed, question) for question in df["question"].tolist()]
+    questions = df["question"].tolist()
+    compared = [comparison_key(question) for question in questions]
+    # The smallest spelling stands for each question: its key does not depend on row order, and data without variants
+    # keeps the split it had before questions were compared by key.
+    spelling: dict[str, str] = {}
+    for question, key in zip(questions, compared):
+        spelling[key] = min(spelling.get(key, question), question)
+    keys = [_split_key(seed, spelling[key]) for key in compared]
     distinct = sorted(set(keys))
     if len(distinct) < 2:
         raise DatasetError(

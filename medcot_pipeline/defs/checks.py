@@ -14,6 +14,7 @@ from medcot_pipeline.data import benchmarks, decontamination, raw_parquet
 from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.data.schema import RAW_COLUMNS, read_split
+from medcot_pipeline.data.text_comparison import comparison_key
 from medcot_pipeline.tagged_output import parse_tagged_output
 
 
@@ -26,10 +27,13 @@ def raw_dataset_has_required_columns(raw_dataset: str) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset="formatted_splits", blocking=True, description="No question is in both train and validation.")
+@dg.asset_check(
+    asset="formatted_splits", blocking=True,
+    description="No question is in both train and validation, however its case, whitespace or Unicode form differs.",
+)
 def no_train_validation_overlap(formatted_splits: str) -> dg.AssetCheckResult:
     train, validation = read_split(formatted_splits, "train"), read_split(formatted_splits, "validation")
-    overlap = set(train["question"]) & set(validation["question"])
+    overlap = set(map(comparison_key, train["question"])) & set(map(comparison_key, validation["question"]))
     return dg.AssetCheckResult(
         passed=not overlap,
         metadata={"overlapping_questions": len(overlap), "train_rows": len(train), "validation_rows": len(validation)},

@@ -8,6 +8,7 @@ asset's config and into its code version.
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,37 @@ def _sections(path: Path, raw: Any, kind: str, schemas: dict[str, type[pydantic.
     return sections
 
 
+def _numeric_types(annotation) -> tuple[type, ...]:
+    """int and/or float, if a field holds numbers (Optional[...] included), else ()."""
+    import typing
+
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return tuple(member for member in members if member in (int, float))
+
+
+def _number_read_as_text(where: str, schema: type[pydantic.BaseModel], key: str, value: Any) -> None:
+    """YAML 1.1 (PyYAML, and Dagster's own reading of a `-c` file) reads `1e-3` without a dot as the string "1e-3".
+    pydantic would accept that string as a number, but Dagster's config system, which reads the same file as run
+    config, refuses it in a long trace: say so here, naming the key and the spelling that works."""
+    if not isinstance(value, str) or not _numeric_types(schema.model_fields[key].annotation):
+        return
+    try:
+        number = float(value)
+    except ValueError:
+        return  # not a number at all: pydantic's message below says what was expected
+    spelling = f"{float(value):.1e}" if "e" in value.lower() else repr(number)
+    raise ProfileError(
+        f"{where}.config.{key}: {value!r} is text to YAML, not a number (YAML 1.1 reads an exponent without a dot as a "
+        f"string): write it as {spelling.replace('e-0', 'e-').replace('e+0', 'e+')} or {number!r}"
+    )
+
+
 def _validate(where: str, schema: type[pydantic.BaseModel], values: dict) -> None:
     known = set(schema.model_fields)
     for key in values:
         if key not in known:
             raise ProfileError(f"{where}.config.{key} is not a setting; known: {sorted(known)}")
+        _number_read_as_text(where, schema, key, values[key])
     try:
         schema(**values)
     except pydantic.ValidationError as err:

@@ -1,7 +1,5 @@
 """Swappable infrastructure: where artifacts live (and how assets hand them on), which base model, the Hub, and W&B."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 from pathlib import Path
@@ -10,9 +8,20 @@ from typing import Iterator, Optional
 import dagster as dg
 from pydantic import Field
 
-from medcot_pipeline.artifact_store import CACHE_ENV, ArtifactError, ArtifactRoot, CheckpointMirror
+from medcot_pipeline.artifact_store import CACHE_ENV, ArtifactDamagedError, ArtifactError, ArtifactRoot, CheckpointMirror
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
 from medcot_pipeline.contracts import BaseModelRef
+from medcot_pipeline.model_paths import ModelLoadError, check_model_files
+
+# Input metadata (`dg.AssetIn(metadata=VERIFY_SHA256)`) of an asset that must read its upstream's exact bytes (a
+# merge, a release): every file's sha256 is checked against the manifest, not only its size.
+VERIFY_KEY = "medcot/verify"
+VERIFY_SHA256 = {VERIFY_KEY: "sha256"}
+
+
+def verified_inputs(*names: str) -> dict[str, dg.AssetIn]:
+    """`ins` for an asset whose named inputs are read only after their sha256 matched what their writer recorded."""
+    return {name: dg.AssetIn(metadata=VERIFY_SHA256) for name in names}
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -72,14 +81,21 @@ class ArtifactPathIOManager(dg.ConfigurableIOManager):
     An asset returns the local path of the version it committed; its location (the path, or the s3:// URL) is
     recorded under `<root>/refs/`, after the commit, not pickled into the Dagster home, so a step on any node
     can load it. A reader gets a verified local copy: this run's output of the upstream asset if the run made
-    one, else the latest recorded.
+    one, else the latest recorded; every file the version's manifest lists is checked for its size (its sha256
+    too for an input declared with VERIFY_SHA256), and a model or adapter inside it for whole weights.
+
+    `artifacts` is the run's own `artifacts` resource (a dependency on that key, not a copy): a `-c` file or the
+    launchpad that sets another root moves the IO manager's reads and references with the assets' writes.
     """
 
-    artifacts: ArtifactStore
+    artifacts: dg.ResourceDependency[ArtifactStore]
 
     def handle_output(self, context: dg.OutputContext, obj: str) -> None:
         store = self.artifacts.store()
-        location = store.location_of(obj)
+        try:
+            location = store.location_of(obj)
+        except ArtifactError as err:  # the same output would land in the same wrong place on a retry
+            raise dg.Failure(f"{context.asset_key.to_user_string()}: {err}", allow_retries=False) from None
         store.write_ref(context.asset_key.to_python_identifier(), context.run_id, location)
         context.add_output_metadata({"artifact": dg.MetadataValue.path(location)})
 
@@ -88,11 +104,19 @@ class ArtifactPathIOManager(dg.ConfigurableIOManager):
         name = context.asset_key.to_user_string()
         location = store.read_ref(context.asset_key.to_python_identifier(), context.step_context.run_id)
         if location is None:
-            raise dg.Failure(f"{name} has not been materialized under {store.root}")
+            raise dg.Failure(f"{name} has not been materialized under {store.root}", allow_retries=False)
+        hashes = (context.definition_metadata or {}).get(VERIFY_KEY) == "sha256"
+        # Neither a damaged file nor a missing version heals on a retry: fail at once, naming the file and the asset.
         try:
-            return str(store.local_copy(location))
-        except ArtifactError as err:
-            raise dg.Failure(f"{name}'s artifact cannot be read: {err}; rematerialize it") from err
+            local = store.local_copy(location)
+            if (local / "config.json").is_file() or (local / "adapter_config.json").is_file():
+                check_model_files(local, hashes=hashes)  # the manifest, whole weights, merge.json: each file hashed once
+            elif hashes:
+                store.local_copy(location, hashes=True)
+        except (ArtifactError, ModelLoadError) as err:
+            message = str(err) if isinstance(err, (ArtifactDamagedError, ModelLoadError)) else f"{err}; materialize {name} again"
+            raise dg.Failure(f"{name}'s artifact cannot be read: {message}", allow_retries=False) from err
+        return str(local)
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -173,7 +197,9 @@ RESOURCE_TYPES = {"artifacts": ArtifactStore, "base_model": BaseModelResource, "
 
 def build_resources(values: dict[str, dict]) -> dict:
     """The resources, configured from a profile's `resources:` section; secrets only from the environment."""
-    artifacts = ArtifactStore(**values.get("artifacts", {}))
+    # Configured at launch with the profile's values as defaults, so that the IO manager depends on the run's
+    # `artifacts` resource by key (a fully configured copy would keep the profile's root whatever the run says).
+    artifacts = ArtifactStore.configure_at_launch(**values.get("artifacts", {}))
     return {
         "artifacts": artifacts,
         "io_manager": ArtifactPathIOManager(artifacts=artifacts),

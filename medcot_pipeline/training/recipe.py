@@ -96,7 +96,7 @@ class LoraFinetuneRecipe:
     def train(self) -> None:
         import torch
 
-        self.resume_from = newest_complete_checkpoint(Path(self.job.checkpoint_dir), self.log)
+        self.resume_from = newest_complete_checkpoint(Path(self.job.checkpoint_dir), self.log, self.job.settings.max_steps)
         self.log.info(f"resuming from {self.resume_from.name}" if self.resume_from else "no checkpoint, starting fresh")
         try:
             self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)

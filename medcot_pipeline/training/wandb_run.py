@@ -20,9 +20,11 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
     if target.entity:
         os.environ["WANDB_ENTITY"] = target.entity
     Path(target.dir).mkdir(parents=True, exist_ok=True)
-    import wandb
+    from medcot_pipeline.training.wandb_connection import init_run
 
-    run = wandb.init(
+    # Offline, with a warning, when the W&B server cannot be reached: tracking never costs the training run.
+    run = init_run(
+        log,
         project=target.project,
         entity=target.entity,
         dir=target.dir,
@@ -30,7 +32,7 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
         name=target.run_name,
         config={"training": settings.model_dump()},
     )
-    log.info(f"W&B run {run.name} ({target.mode}): {run.url or run.settings.sync_dir}")
+    log.info(f"W&B run {run.name} ({run.settings.mode}): {run.url or run.settings.sync_dir}")
     return run
 
 

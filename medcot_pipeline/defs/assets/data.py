@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from medcot_pipeline.artifact_store import ArtifactError
 from medcot_pipeline.contracts import BenchmarkQuestions, BenchmarkSource, DatasetProvenance, DecontaminationSummary, SplitsSummary
 from medcot_pipeline.data import benchmarks, cleaning, decontamination, raw_parquet, sources, splits, token_budget
 from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, SourceUnreachableError
@@ -57,6 +58,8 @@ def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, art
     except DatasetError as err:
         # The message names the file and what is wrong with it; a retry only helps a source that was unreachable.
         raise dg.Failure(str(err), allow_retries=isinstance(err, SourceUnreachableError)) from None
+    except ArtifactError as err:  # e.g. an artifacts root that is a file: the same on every retry
+        raise dg.Failure(str(err), allow_retries=False) from None
     content_hash = provenance.content_sha256
     out_dir = artifacts.version_dir("raw_dataset", context.run_id)
     return dg.Output(
@@ -132,13 +135,14 @@ def formatted_splits(
     """Cleaned records as chat pairs with `<think>…</think><response>…</response>` targets, split into train and validation."""
     records = raw_parquet.read_raw_parquet(raw_parquet.records_path(raw_dataset))
     dataset = DatasetProvenance.read(raw_dataset)
+    # The tokenizer that measures the records also says which strings it would read as control tokens.
+    tokenizer = base_model.tokenizer(artifacts)
     try:
-        cleaned, cleaning_counts = cleaning.clean_records(records)
+        cleaned, cleaning_counts = cleaning.clean_records(records, cleaning.special_token_strings(tokenizer))
     except DatasetError as err:
         raise dg.Failure(f"{raw_dataset}: {err}") from err
     formatted = splits.format_records(cleaned)
 
-    tokenizer = base_model.tokenizer(artifacts)
     lengths = token_budget.record_token_lengths(tokenizer, formatted)
     stats = token_budget.length_stats(lengths)
     kept, over_limit = token_budget.apply_overlength_policy(formatted, lengths, base_model.max_seq_length, config.overlength_policy)

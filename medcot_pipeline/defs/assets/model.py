@@ -9,7 +9,7 @@ from medcot_pipeline.artifact_io import file_sha256, tree_bytes, tree_sha256
 from medcot_pipeline.contracts import MergeRecord, SplitsSummary, TrainingJob, WandbTarget
 from medcot_pipeline.data.schema import split_path
 from medcot_pipeline.defs.metadata import number_text
-from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, WandbResource
+from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, WandbResource, verified_inputs
 from medcot_pipeline.defs.stages import PROFILE, PROFILE_TAG_KEY, MergeConfig, TrainingConfig, current_code_version, stage_asset
 
 
@@ -107,7 +107,8 @@ def lora_adapter(
     )
 
 
-@stage_asset(kinds={"pytorch", "safetensors"})
+# The adapter's every byte is checked against what training recorded before it is merged into the base.
+@stage_asset(kinds={"pytorch", "safetensors"}, ins=verified_inputs("lora_adapter"))
 def merged_model(
     context: dg.AssetExecutionContext,
     config: MergeConfig,

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from medcot_pipeline.artifact_store import ArtifactError
 from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, SplitsSummary, TrainingSummary
 from medcot_pipeline.defs.metadata import model_card_markdown
+from medcot_pipeline.defs.resources import ArtifactStore, HubResource, verified_inputs
 from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
-from medcot_pipeline.defs.resources import ArtifactStore, HubResource
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
 
@@ -34,7 +35,12 @@ def check_lineage(
 
 # The retry is for a Hub that stayed unavailable through push_release's own retries; every other failure
 # (a refused token, HF_HUB_OFFLINE, a missing file) is raised with allow_retries=False and fails at once.
-@stage_asset(kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30))
+# What is released is checked byte for byte (sha256) against what merged_model, lora_adapter and rouge_report
+# recorded when they wrote it, so a file damaged since is never staged or pushed.
+@stage_asset(
+    kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30),
+    ins=verified_inputs("merged_model", "lora_adapter", "rouge_report"),
+)
 def hub_release(
     context: dg.AssetExecutionContext,
     config: ReleaseConfig,
@@ -89,7 +95,7 @@ def hub_release(
                 Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
                 config.adapter, repo_id=config.repo_id,
             )
-    except ReleaseError as err:
+    except (ReleaseError, ArtifactError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
     metadata = {
