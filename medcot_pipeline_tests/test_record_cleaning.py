@@ -365,7 +365,7 @@ def test_formatted_splits_counts_every_repair_in_its_summary(tiny_llama_dir, rea
                            formatted_splits={"validation_size": 6, "overlength_policy": "truncate"})
     (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
-    result = materialize(load_defs(write_profile(tmp_path / "p.yaml", profile)), instance, ["raw_dataset", "formatted_splits"])
+    result = materialize(load_defs(write_profile(tmp_path / "p.yaml", profile)), instance, ["raw_dataset", "benchmark_questions", "formatted_splits"])
     assert result.success, step_errors(instance, result.run_id)
 
     splits_dir = tmp_path / "artifacts" / "formatted_splits" / result.run_id

@@ -187,7 +187,7 @@ def test_an_interrupted_checkpoint_is_skipped(tmp_path):
     log, lines = recording_logger("skip")
     assert newest_complete_checkpoint(tmp_path, log) == tmp_path / "checkpoint-4"
     assert any("checkpoint-6 has no trainer_state.json" in line for line in lines.lines)
-    assert any("checkpoint-5/trainer_state.json is unreadable" in line for line in lines.lines)
+    assert any("checkpoint-5/trainer_state.json is not readable JSON" in line for line in lines.lines)
     assert newest_complete_checkpoint(tmp_path / "missing", log) is None
 
 
