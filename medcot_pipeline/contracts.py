@@ -116,6 +116,7 @@ class SplitsSummary(Contract):
     dropped_rows: int
     dropped_share: float
     decontamination: Optional[DecontaminationSummary] = None
+    benchmark_questions_code_version: Optional[str] = None  # of the benchmark_questions it was decontaminated against
     content_sha256: str
     code_version: Optional[str] = None
 

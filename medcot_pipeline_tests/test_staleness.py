@@ -38,7 +38,7 @@ def test_changing_training_config_makes_adapter_and_everything_after_stale(mater
     instance, profile, home = materialized
     changed = tiny_profile(tiny_llama_dir, home / "artifacts", lora_adapter={"learning_rate": 5e-4})
     defs = load_defs(write_profile(home / "train_changed.yaml", changed))
-    assert stale_assets(defs, instance) == {"lora_adapter", "merged_model", "rouge_report", "hub_release"}
+    assert stale_assets(defs, instance) == {"lora_adapter", "merged_model", "rouge_report", "benchmark_report", "hub_release"}
 
 
 def test_rematerializing_unchanged_data_leaves_downstream_fresh(materialized):

@@ -187,6 +187,7 @@ def formatted_splits(
         dropped_rows=dropped,
         dropped_share=round(dropped / max(len(records), 1), 4),
         decontamination=decontaminated,
+        benchmark_questions_code_version=BenchmarkQuestions.read(benchmark_questions).code_version,
         content_sha256=content_hash,
         code_version=current_code_version(context),
     )

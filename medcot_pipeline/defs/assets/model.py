@@ -66,7 +66,11 @@ def lora_adapter(
             splits_sha256=splits_sha256,
             profile=context.run.tags.get(PROFILE_TAG_KEY) or PROFILE.path.name,
             code_version=current_code_version(context),
-            lineage={"raw_dataset": splits.dataset.code_version, "formatted_splits": splits.code_version},
+            lineage={
+                "raw_dataset": splits.dataset.code_version,
+                "benchmark_questions": splits.benchmark_questions_code_version,
+                "formatted_splits": splits.code_version,
+            },
         )
         command = distributed.launch_command(processes, training_process.__name__)
         if processes > 1:

@@ -35,11 +35,11 @@ def check_lineage(
 
 # The retry is for a Hub that stayed unavailable through push_release's own retries; every other failure
 # (a refused token, HF_HUB_OFFLINE, a missing file) is raised with allow_retries=False and fails at once.
-# What is released is checked byte for byte (sha256) against what merged_model, lora_adapter and rouge_report
+# What is released is checked byte for byte (sha256) against what merged_model, lora_adapter and the two reports
 # recorded when they wrote it, so a file damaged since is never staged or pushed.
 @stage_asset(
     kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30),
-    ins=verified_inputs("merged_model", "lora_adapter", "rouge_report"),
+    ins=verified_inputs("merged_model", "lora_adapter", "rouge_report", "benchmark_report"),
 )
 def hub_release(
     context: dg.AssetExecutionContext,
@@ -81,6 +81,7 @@ def hub_release(
             "lora_adapter": summary.code_version or "unknown",
             "merged_model": merge.code_version or "unknown",
             "rouge_report": report.code_version or "unknown",
+            "benchmark_report": benchmarks.code_version or "unknown",
             "hub_release": current_code_version(context) or "unknown",
         },
         adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
