@@ -1,15 +1,22 @@
-"""The settings of each stage, as plain pydantic models: what a profile in profiles/*.yaml may turn.
+"""The settings of each stage and of each shared resource, as plain pydantic models: what a profile in
+profiles/*.yaml may turn, and the table of stages (`StageSettings`, the one place a stage is registered).
 
 Defaults are the seed's real-run settings; `profiles/demo.yaml` shrinks them for a CPU. Nothing here
 imports Dagster: the training process, generation and `medcot ask` read these same models, and the
-Dagster edge (`medcot_pipeline.defs.stages`) turns them into `dg.Config` classes.
+Dagster edge subclasses them (`defs/stages.py`'s `dg.Config` classes, `defs/resources.py`'s resources).
+Declarations only: fields and validators. What a stage computes lives in the modules that compute it,
+which each asset's code version hashes (defs/code_versions.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from medcot_pipeline.artifact_store import CACHE_ENV
+from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 # Not pinned: this machine cannot reach the Hub to read the dataset's current commit. Set `hub_revision` to a
@@ -231,3 +238,91 @@ class ReleaseSettings(Settings):
     )
     license: str = "llama3.2"
     commit_message: str = "medcot release"
+
+
+class ArtifactsSettings(Settings):
+    """Where artifacts live (the `artifacts` resource)."""
+
+    root: str = Field(default="artifacts", description="A directory, or s3://bucket/prefix for object storage.")
+    cache_dir: Optional[str] = Field(
+        default=None,
+        description=f"Object-storage roots: this node's copies (default ${CACHE_ENV}, else ~/.cache/medcot/artifacts/<root hash>).",
+    )
+
+
+class BaseModelSettings(Settings):
+    """The model being fine-tuned (the `base_model` resource)."""
+
+    name: str = Field(default=EMBEDDED_SMOLLM2, description="Hub id, local directory, or embedded:smollm2-135m-instruct.")
+    revision: Optional[str] = Field(default=None, description="Hub revision of the base model.")
+    max_seq_length: int = Field(default=1024, ge=16, description="Longest training sequence in tokens.")
+
+
+class HubSettings(Settings):
+    """The Hugging Face Hub (the `hub` resource). No token: it comes from HF_TOKEN where it is used."""
+
+    endpoint: Optional[str] = Field(default=None, description="Another Hub endpoint (HF_ENDPOINT), e.g. a mirror.")
+
+
+class WandbSettings(Settings):
+    """Weights & Biases (the `wandb` resource). No key: it comes from WANDB_API_KEY where it is used."""
+
+    project: str = "medcot"
+    entity: Optional[str] = None
+
+
+class ResourceSettings(Settings):
+    """A profile's `resources:` section, one field per configurable resource."""
+
+    artifacts: ArtifactsSettings = Field(default_factory=ArtifactsSettings)
+    base_model: BaseModelSettings = Field(default_factory=BaseModelSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    wandb: WandbSettings = Field(default_factory=WandbSettings)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage sits in the graph: its asset group, and whether its step holds GPUs."""
+
+    group: str
+    gpu: bool = False
+
+
+class StageSettings(Settings):
+    """A profile's `ops:` section: one field per asset, in graph order, with its settings and its placement.
+
+    The one place a stage is registered: `STAGES` below, the profiles and the Dagster assets all read it.
+    """
+
+    raw_dataset: Annotated[RawDatasetSettings, Placement("data")] = Field(default_factory=RawDatasetSettings)
+    benchmark_questions: Annotated[BenchmarkQuestionsSettings, Placement("data")] = Field(default_factory=BenchmarkQuestionsSettings)
+    formatted_splits: Annotated[FormattingSettings, Placement("data")] = Field(default_factory=FormattingSettings)
+    lora_adapter: Annotated[TrainingSettings, Placement("model", gpu=True)] = Field(default_factory=TrainingSettings)
+    merged_model: Annotated[MergeSettings, Placement("model", gpu=True)] = Field(default_factory=MergeSettings)
+    rouge_report: Annotated[EvaluationSettings, Placement("evaluation", gpu=True)] = Field(default_factory=EvaluationSettings)
+    benchmark_report: Annotated[BenchmarkEvaluationSettings, Placement("evaluation", gpu=True)] = Field(
+        default_factory=BenchmarkEvaluationSettings
+    )
+    hub_release: Annotated[ReleaseSettings, Placement("release")] = Field(default_factory=ReleaseSettings)
+
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str
+    settings: type[Settings]
+    group: str
+    gpu: bool
+
+
+def _stage_table() -> dict[str, Stage]:
+    table = {}
+    for asset, field in StageSettings.model_fields.items():
+        placement = next((item for item in field.metadata if isinstance(item, Placement)), None)
+        if placement is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Settings)):
+            raise TypeError(f"StageSettings.{asset} must be declared as Annotated[<a Settings class>, Placement(group)]")
+        table[asset] = Stage(asset, field.annotation, placement.group, placement.gpu)
+    return table
+
+
+# asset name -> Stage, in graph order.
+STAGES: dict[str, Stage] = _stage_table()

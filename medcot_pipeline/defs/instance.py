@@ -26,7 +26,7 @@ from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 from dagster._serdes import ConfigurableClassData
 
 from medcot_pipeline.defs import run_workers
-from medcot_pipeline.defs.profiles import SECRET_ENV
+from medcot_pipeline.profiles import SECRET_ENV
 from medcot_pipeline.defs.run_config_checks import secret_paths
 
 logger = logging.getLogger(__name__)

@@ -57,7 +57,7 @@ def ray_cluster_executor() -> dg.ExecutorDefinition:
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         raise ValueError(f"{EXECUTOR_ENV}=ray needs RAY_ADDRESS, the Ray dashboard's address (e.g. http://ray-head:8265)")
-    from medcot_pipeline.defs.profiles import active_profile_path
+    from medcot_pipeline.profiles import active_profile_path
 
     # The node loads the profile this process loaded; the path must exist there (profiles ship with the code).
     forwarded = [f"MEDCOT_PROFILE={active_profile_path().resolve()}", *(name for name in RAY_FORWARDED_ENV if os.environ.get(name))]

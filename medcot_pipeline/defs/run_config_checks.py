@@ -26,7 +26,7 @@ from typing import Any, Optional
 import dagster as dg
 import pydantic
 
-from medcot_pipeline.defs.profiles import SECRET_FIELDS
+from medcot_pipeline.profiles import SECRET_FIELDS
 from medcot_pipeline.defs.resources import RESOURCE_TYPES
 from medcot_pipeline.settings import Settings
 
