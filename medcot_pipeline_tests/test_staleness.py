@@ -1,8 +1,16 @@
 """Only what changed reruns: code versions and data versions on a real sqlite instance."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
+from medcot_pipeline_tests.conftest import REPO_ROOT
 from medcot_pipeline_tests.pipeline_harness import ASSETS, load_defs, materialize, materialized_in, stale_assets, tiny_profile, write_profile
 
 
@@ -54,3 +62,74 @@ def test_rematerializing_unchanged_data_leaves_downstream_fresh(materialized):
     assert result.success
     assert materialized_in(result) == {"raw_dataset", "benchmark_questions", "formatted_splits"}
     assert stale_assets(defs, instance) == set()
+
+
+# ---------------------------------------------------------------- a code change, through Dagster
+
+
+def probe(package: Path, home: Path, profile: Path, materialize: str = "") -> dict:
+    """staleness_probe run on an edited copy of the package (`package`), against this module's instance."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package.parent), str(REPO_ROOT)])}
+    command = [sys.executable, "-m", "medcot_pipeline_tests.staleness_probe", "--home", str(home), "--profile", str(profile)]
+    # Run from the copy's directory: `python -m` puts the working directory first on the path.
+    done = subprocess.run(command + (["--materialize", materialize] if materialize else []), cwd=package.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert Path(out["package"]).is_relative_to(package), f"the probe imported {out['package']}, not the copy"
+    return out
+
+
+def fresh(home: Path) -> None:
+    """Bring the graph up to date under the unedited code and base.yaml (earlier tests change the report's config)."""
+    instance = dg.DagsterInstance.local_temp(str(home))
+    defs = load_defs(home / "base.yaml")
+    catch_up = stale_assets(defs, instance)
+    if catch_up:
+        assert materialize(defs, instance, selection=sorted(catch_up)).success
+    assert stale_assets(defs, instance) == set()
+
+
+def package_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "edited" / "medcot_pipeline"
+    shutil.copytree(REPO_ROOT / "medcot_pipeline", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+NORMALISE_LINE_ENDS = 'text = text.replace("\\r\\n", "\\n").replace("\\r", "\\n")'
+
+
+def test_a_cleaning_change_that_keeps_the_data_reruns_formatted_splits_alone(materialized, tmp_path):
+    """New cleaning logic: formatted_splits alone is stale (its code version); rematerialized with the same content
+    (the sample has no NUL characters), its data version is unchanged and nothing below it turns stale."""
+    instance, profile, home = materialized
+    fresh(home)
+    package = package_copy(tmp_path)
+    cleaning = package / "data" / "cleaning.py"
+    cleaning.write_text(cleaning.read_text().replace(NORMALISE_LINE_ENDS, NORMALISE_LINE_ENDS + '.replace("\\x00", "")'))
+
+    out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
+    assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
+    assert out["materialized"] == ["formatted_splits"] and out["success"]
+    assert out["after"]["stale"] == {}
+    assert out["after"]["data_versions"] == out["before"]["data_versions"]
+
+
+def test_a_cleaning_change_that_changes_the_data_makes_the_adapter_stale(materialized, tmp_path):
+    """New cleaning logic that changes the records: formatted_splits alone is stale, and once it is rematerialized with
+    a new data version, the assets that read it turn stale because of it: lora_adapter (the train split) and
+    rouge_report (the validation split); merged_model and hub_release follow once those rematerialize."""
+    instance, profile, home = materialized
+    fresh(home)
+    package = package_copy(tmp_path)
+    cleaning = package / "data" / "cleaning.py"
+    # Every kept text ends with a full stop: a real change of every target.
+    cleaning.write_text(cleaning.read_text().replace(
+        'return (escaped.strip() if bare.strip() else ""), escaped != text',
+        'return ((escaped.strip().rstrip(".") + ".") if bare.strip() else ""), escaped != text',
+    ))
+
+    out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
+    assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
+    assert out["after"]["data_versions"]["formatted_splits"] != out["before"]["data_versions"]["formatted_splits"]
+    assert out["after"]["stale"] == {"lora_adapter": ["DATA"], "rouge_report": ["DATA"]}

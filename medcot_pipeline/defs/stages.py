@@ -18,6 +18,7 @@ import dagster as dg
 
 from medcot_pipeline import settings
 from medcot_pipeline.defs import code_versions
+from medcot_pipeline.defs.resources import RESOURCE_TYPES
 from medcot_pipeline.defs.run_config_checks import command_line_config_files
 from medcot_pipeline.profiles import EXTENDS, Profile, ProfileError, load_active_profile, load_profile
 from medcot_pipeline.settings import STAGES, Stage
@@ -29,8 +30,16 @@ GPU_TAG = {GPU_TAG_KEY: "true"}
 GPU_POOL = "gpu"
 # dagster-ray's ray_executor reads each step's request to Ray from this op tag (JSON; used only with MEDCOT_EXECUTOR=ray).
 RAY_CONFIG_TAG = "dagster-ray/config"
-# Resources whose settings change what a stage computes (the artifacts root and W&B project do not).
-SETTINGS_RESOURCES = ("base_model",)
+# Resources that change what a stage computes, by their settings and by their code: both are part of the code
+# version of each asset that takes them. The others say where things go, not what they are.
+COMPUTING_RESOURCES = ("base_model",)
+PLUMBING_RESOURCES = {
+    "artifacts": "where versions are written and read, not what they hold",
+    "io_manager": "hands each asset the location of its inputs",
+    "hub": "where a release is pushed; what is pushed is staged by release/ code",
+    "wandb": "where training metrics are mirrored",
+    "pipes_subprocess_client": "starts the training process; the code it runs (training/run.py) is imported by lora_adapter",
+}
 
 # The config classes: each stage's settings model as a `dg.Config`, so an asset hands its config to the
 # Dagster-free core as is. Their defaults are the settings model's; `stage_asset` gives Dagster the profile's.
@@ -128,14 +137,17 @@ def config_schema(asset: str, profile: Profile) -> dg.Field:
     return dg.Field(dg.Shape(fields), description=config_class.__doc__)
 
 
-def stage_code_version(fn: Callable, profile: Profile) -> str:
-    """The code the asset runs, its settings in the profile, and the settings of the resources it reads."""
+def version_inputs(fn: Callable, profile: Profile) -> code_versions.VersionInputs:
+    """What the asset's code version covers: its function, the code and settings of the resources it takes that
+    change what it computes (COMPUTING_RESOURCES), and its own settings in the profile."""
     parameters = inspect.signature(fn).parameters
     used: dict[str, Any] = {"settings": profile.stage(fn.__name__).model_dump()}
-    for resource in SETTINGS_RESOURCES:
-        if resource in parameters:
-            used[resource] = getattr(profile.resources, resource).model_dump()
-    return code_versions.code_version(fn, used)
+    resources = []
+    for name in COMPUTING_RESOURCES:
+        if name in parameters:
+            used[name] = getattr(profile.resources, name).model_dump()
+            resources.append((RESOURCE_TYPES[name].__module__, RESOURCE_TYPES[name].__name__))
+    return code_versions.VersionInputs(function=(fn.__module__, fn.__name__), resources=tuple(resources), settings=used)
 
 
 def ray_request(stage: Stage, profile: Profile) -> dict[str, float]:
@@ -177,7 +189,7 @@ def stage_asset(**asset_kwargs) -> Callable:
             name=stage.asset,
             group_name=stage.group,
             config_schema=config_schema(stage.asset, PROFILE),
-            code_version=stage_code_version(fn, PROFILE),
+            code_version=code_versions.code_version(version_inputs(fn, PROFILE)),
             op_tags={**(GPU_TAG if stage.gpu else {}), RAY_CONFIG_TAG: json.dumps(ray_request(stage, PROFILE), sort_keys=True)},
             pool=GPU_POOL if stage.gpu else None,
             **asset_kwargs,
