@@ -66,10 +66,39 @@ def changed(inputs, root: Path) -> set[str]:
     return {asset for asset in ASSETS if before[asset] != after[asset]}
 
 
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert text.count(old) == 1, f"{path}: expected {old!r} once"
-    path.write_text(text.replace(old, new))
+# Edits are made on the syntax tree, not on text, so they still apply when the code they edit is rewritten.
+
+
+def rewrite(path: Path, change) -> None:
+    """Parse `path`, let `change(tree)` edit the tree in place, write it back."""
+    tree = ast.parse(path.read_text())
+    change(tree)
+    path.write_text(ast.unparse(tree) + "\n")
+
+
+def definition(tree: ast.Module, name: str) -> ast.FunctionDef | ast.ClassDef:
+    found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name]
+    assert len(found) == 1, f"no top-level {name}"
+    return found[0]
+
+
+def functions(node: ast.AST) -> list[ast.FunctionDef]:
+    return [each for each in ast.walk(node) if isinstance(each, ast.FunctionDef)]
+
+
+def prepend(function: ast.FunctionDef, code: str) -> None:
+    """Put `code` first in the function's body (after its docstring)."""
+    start = 1 if function.body and code_versions._is_docstring(function.body[0]) else 0
+    function.body[start:start] = ast.parse(code).body
+
+
+def change_every_string(node: ast.AST) -> None:
+    """A different string in every string constant except docstrings: new behaviour wherever there is text."""
+    docstrings = {id(each.body[0].value) for each in ast.walk(node) if getattr(each, "body", None) and isinstance(each.body, list)
+                  and code_versions._is_docstring(each.body[0])}
+    for each in ast.walk(node):
+        if isinstance(each, ast.Constant) and isinstance(each.value, str) and id(each) not in docstrings:
+            each.value += " (changed by the test)"
 
 
 def append(path: Path, code: str) -> None:
@@ -133,10 +162,18 @@ def test_a_reformat_changes_no_version(inputs, package):
     assert changed(inputs, package) == set()
 
 
-def test_a_change_to_metadata_rendering_changes_no_version(inputs, package):
-    metadata = package / "defs" / "metadata.py"
-    edit(metadata, 'ELLIPSIS = "…"', 'ELLIPSIS = "..."')
-    edit(metadata, "def rounded(value: Optional[float], digits: int = 4)", "def rounded(value: Optional[float], digits: int = 3)")
+@pytest.mark.parametrize("module", sorted(PRESENTATION))
+def test_a_change_to_metadata_rendering_changes_no_version(inputs, package, module):
+    """Every text a presentation module renders changed, and every function of it given a new first statement."""
+    path = PackageSource(package).module_file(module)
+    assert path is not None
+
+    def change(tree):
+        change_every_string(tree)
+        for function in functions(tree):
+            prepend(function, "rendering_changed_by_the_test = True")
+
+    rewrite(path, change)
     assert changed(inputs, package) == set()
 
 
@@ -153,23 +190,24 @@ def test_new_code_in_a_module_left_out_changes_no_version(inputs, package, modul
 
 
 def test_a_change_to_cleaning_logic_changes_formatted_splits_only(inputs, package):
-    edit(package / "data" / "cleaning.py", 'text = text.replace("\\r\\n", "\\n").replace("\\r", "\\n")',
-         'text = text.replace("\\r\\n", "\\n").replace("\\r", "\\n").replace("\\x00", "")')
+    rewrite(package / "data" / "cleaning.py", change_every_string)
     assert changed(inputs, package) == {"formatted_splits"}
 
 
 def test_a_change_to_what_a_resource_computes_changes_the_assets_that_take_it(inputs, package):
     """base_model's code decides which model and tokenizer an asset loads; artifacts' decides only where files go."""
-    resources = package / "defs" / "resources.py"
-    edit(resources, "return load_tokenizer(self.resolve(artifacts), revision=self.revision)",
-         "return load_tokenizer(self.resolve(artifacts), revision=self.revision or None)")
-    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "merged_model", "rouge_report"}
 
+    def change(resource: str):
+        def apply(tree):
+            for method in functions(definition(tree, resource)):
+                prepend(method, "changed_by_the_test = True")
 
-def test_a_change_to_where_artifacts_go_changes_no_version(inputs, package):
-    resources = package / "defs" / "resources.py"
-    edit(resources, "return self.store().local_path(*parts)", "return self.store().local_path(*parts)  # noqa\n        pass")
+        return apply
+
+    rewrite(package / "defs" / "resources.py", change("ArtifactStore"))
     assert changed(inputs, package) == set()
+    rewrite(package / "defs" / "resources.py", change("BaseModelResource"))
+    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "merged_model", "rouge_report"}
 
 
 def test_a_change_to_shared_code_changes_every_asset_that_runs_it(inputs, package):
@@ -180,15 +218,20 @@ def test_a_change_to_shared_code_changes_every_asset_that_runs_it(inputs, packag
 
 
 def test_an_asset_s_decorator_is_not_its_computation(inputs, package):
-    """kinds, deps and retries say how Dagster runs an asset; its body and helpers are what it computes."""
-    model = package / "defs" / "assets" / "model.py"
-    edit(model, '@stage_asset(kinds={"pytorch", "safetensors"})', '@stage_asset(kinds={"pytorch", "safetensors", "peft"})')
+    """kinds, deps and retries say how Dagster runs an asset; its body and the helpers it calls are what it computes."""
+    model, release = package / "defs" / "assets" / "model.py", package / "defs" / "assets" / "release.py"
+
+    def new_kind(tree):
+        decorator = definition(tree, "merged_model").decorator_list[0]
+        assert isinstance(decorator, ast.Call)
+        decorator.keywords.append(ast.keyword(arg="description", value=ast.Constant("changed by the test")))
+
+    rewrite(model, new_kind)
     assert changed(inputs, package) == set()
-    edit(model, "size = f\"{tree_bytes(model_dir) / 2**20:,.1f} MiB\"", "size = f\"{tree_bytes(model_dir) / 2**20:,.2f} MiB\"")
+    rewrite(model, lambda tree: prepend(definition(tree, "merged_model"), "changed_by_the_test = True"))
     assert changed(inputs, package) == {"merged_model"}
-    release = package / "defs" / "assets" / "release.py"
-    edit(release, "if Path(report.merged_model_dir) != Path(merged_model):", "if str(report.merged_model_dir) != str(merged_model):")
-    assert changed(inputs, package) == {"merged_model", "hub_release"}  # check_lineage, a helper hub_release calls
+    rewrite(release, lambda tree: prepend(definition(tree, "check_lineage"), "changed_by_the_test = True"))
+    assert changed(inputs, package) == {"merged_model", "hub_release"}  # check_lineage: a helper hub_release calls
 
 
 def test_a_parameter_named_like_another_asset_is_not_that_asset_s_code(inputs):
@@ -273,12 +316,19 @@ def test_presentation_only_ever_reaches_metadata():
     assert outside == [], "presentation output reaches something other than metadata"
 
 
-def test_presentation_outside_metadata_is_caught(tmp_path, package):
-    """The rule above fails on a presentation call whose result is written into an artifact."""
-    edit(package / "defs" / "assets" / "model.py", "        record.write(staging / \"model\")",
-         "        record.write(staging / \"model\")\n        (staging / \"size.txt\").write_text(number_text(info[\"parameters\"]))")
-    offending = [(m, c) for m, c, parents, _ in presentation_calls(package) if not in_metadata_position(c, parents)]
-    assert [(m, ast.unparse(c.func)) for m, c in offending] == [("medcot_pipeline.defs.assets.model", "number_text")]
+def test_presentation_outside_metadata_is_caught(package):
+    """The rule above fails on a presentation call whose result goes anywhere but metadata."""
+    presentation = sorted(PRESENTATION)[0]
+    tree = PackageSource(package).tree(presentation)
+    rendering = next(node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"))
+
+    def change(tree):
+        tree.body.insert(0, ast.parse(f"from {presentation} import {rendering} as rendered_by_the_test").body[0])
+        prepend(definition(tree, "merged_model"), "written_by_the_test = rendered_by_the_test(1)")
+
+    rewrite(package / "defs" / "assets" / "model.py", change)
+    offending = [(m, ast.unparse(c.func)) for m, c, parents, _ in presentation_calls(package) if not in_metadata_position(c, parents)]
+    assert offending == [("medcot_pipeline.defs.assets.model", "rendered_by_the_test")]
 
 
 def asset_uses_of_left_out_modules(inputs, root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
@@ -314,10 +364,11 @@ def test_assets_take_only_provenance_from_the_modules_left_out(inputs):
 
 
 def test_a_computing_helper_in_the_machinery_is_caught(inputs, package):
-    edit(package / "defs" / "assets" / "model.py", "    splits = SplitsSummary.read(formatted_splits)",
-         "    splits = SplitsSummary.read(formatted_splits)\n    rows = ray_request(STAGES['lora_adapter'], PROFILE)")
-    edit(package / "defs" / "assets" / "model.py", "from medcot_pipeline.defs.stages import PROFILE,",
-         "from medcot_pipeline.defs.stages import STAGES, ray_request, PROFILE,")
+    def change(tree):
+        tree.body.insert(0, ast.parse("from medcot_pipeline.defs.stages import STAGES, PROFILE, ray_request").body[0])
+        prepend(definition(tree, "lora_adapter"), "request = ray_request(STAGES['lora_adapter'], PROFILE)")
+
+    rewrite(package / "defs" / "assets" / "model.py", change)
     uses = asset_uses_of_left_out_modules(inputs, package)
     assert {"medcot_pipeline.defs.stages.ray_request", "medcot_pipeline.defs.stages.STAGES"} <= uses["lora_adapter"]
 

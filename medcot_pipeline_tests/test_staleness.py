@@ -96,7 +96,16 @@ def package_copy(tmp_path: Path) -> Path:
     return copy
 
 
-NORMALISE_LINE_ENDS = 'text = text.replace("\\r\\n", "\\n").replace("\\r", "\\n")'
+def change_cleaning(package: Path, body: str) -> None:
+    """Cleaning logic replaced: `clean_records` becomes `body` run over the original's result (`cleaned`, `counts`)."""
+    cleaning = package / "data" / "cleaning.py"
+    cleaning.write_text(
+        cleaning.read_text()
+        + "\n\nclean_records_before_the_test = clean_records\n\n\ndef clean_records(df):\n"
+        + "    cleaned, counts = clean_records_before_the_test(df)\n"
+        + "".join(f"    {line}\n" for line in body.splitlines())
+        + "    return cleaned, counts\n"
+    )
 
 
 def test_a_cleaning_change_that_keeps_the_data_reruns_formatted_splits_alone(materialized, tmp_path):
@@ -105,8 +114,7 @@ def test_a_cleaning_change_that_keeps_the_data_reruns_formatted_splits_alone(mat
     instance, profile, home = materialized
     fresh(home)
     package = package_copy(tmp_path)
-    cleaning = package / "data" / "cleaning.py"
-    cleaning.write_text(cleaning.read_text().replace(NORMALISE_LINE_ENDS, NORMALISE_LINE_ENDS + '.replace("\\x00", "")'))
+    change_cleaning(package, 'cleaned["Response"] = cleaned["Response"].str.replace("\\x00", "", regex=False)')
 
     out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
     assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
@@ -122,12 +130,7 @@ def test_a_cleaning_change_that_changes_the_data_makes_the_adapter_stale(materia
     instance, profile, home = materialized
     fresh(home)
     package = package_copy(tmp_path)
-    cleaning = package / "data" / "cleaning.py"
-    # Every kept text ends with a full stop: a real change of every target.
-    cleaning.write_text(cleaning.read_text().replace(
-        'return (escaped.strip() if bare.strip() else ""), escaped != text',
-        'return ((escaped.strip().rstrip(".") + ".") if bare.strip() else ""), escaped != text',
-    ))
+    change_cleaning(package, 'cleaned["Response"] = cleaned["Response"] + " Checked."')
 
     out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
     assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
