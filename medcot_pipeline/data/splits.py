@@ -102,4 +102,4 @@ def _none_if_missing(value):
 
 
 def _split_key(seed: int, question: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{question}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{question}".encode()).hexdigest()

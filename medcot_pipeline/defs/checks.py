@@ -11,10 +11,10 @@ import pandas as pd
 
 from medcot_pipeline.contracts import BenchmarkQuestions, BenchmarkReport, EvaluationReport, SplitsSummary
 from medcot_pipeline.data import benchmarks, decontamination, raw_parquet
-from medcot_pipeline.evaluation.release_gate import decide
-from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.data.schema import RAW_COLUMNS, read_split
 from medcot_pipeline.data.text_comparison import comparison_key
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.tagged_output import parse_tagged_output
 
 

@@ -14,9 +14,10 @@ import ast
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PACKAGE = "medcot_pipeline"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ import dagster as dg
 from medcot_pipeline.defs.run_config_checks import run_config_checked
 from medcot_pipeline.defs.stages import GPU_TAG_KEY, PROFILE_RUN_TAGS, STAGES
 
-
 # A GPU step holds the host's GPUs: merging, evaluation and one-GPU training run on the first visible GPU,
 # data-parallel training on all of them. Two GPU steps at once would share a card, so a run starts one at a
 # time, and the `gpu` pool (dagster_home/dagster.yaml, limit 1) makes other runs' GPU steps wait for it.

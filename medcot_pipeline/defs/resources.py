@@ -6,8 +6,8 @@ profile's `resources:` section is validated without Dagster and a resource's con
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import dagster as dg
 
@@ -59,7 +59,7 @@ class ArtifactStore(dg.ConfigurableResource, ArtifactsSettings):
         """Where a local artifact path is stored (itself on a local root, its s3:// URL on object storage)."""
         return self.store().location_of(local)
 
-    def fetch_checkpoints(self, local_dir: Path, log) -> Optional[str]:
+    def fetch_checkpoints(self, local_dir: Path, log) -> str | None:
         """On object storage: fetch the newest checkpoint any node committed for `local_dir` into it (a rerun here
         resumes from it) and return the location where training commits its checkpoints; None on a local root."""
         store = self.store()
@@ -144,7 +144,7 @@ class HubResource(dg.ConfigurableResource, HubSettings):
     """
 
     @property
-    def token(self) -> Optional[str]:
+    def token(self) -> str | None:
         """HF_TOKEN from the environment of the step; None means 'stage, do not push'."""
         return dg.EnvVar("HF_TOKEN").get_value() or None
 
@@ -165,7 +165,7 @@ class WandbResource(dg.ConfigurableResource, WandbSettings):
     """
 
     @property
-    def api_key(self) -> Optional[str]:
+    def api_key(self) -> str | None:
         return dg.EnvVar("WANDB_API_KEY").get_value() or None
 
     @property

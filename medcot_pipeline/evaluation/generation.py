@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
-from medcot_pipeline import backends
-from medcot_pipeline.evaluation import grouped_attention
+from medcot_pipeline import backends, model_paths
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
-from medcot_pipeline import model_paths
+from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.model_paths import ModelLoadError
 from medcot_pipeline.settings import GenerationSettings
 from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
@@ -267,7 +266,7 @@ def defer_stop_check(enabled: bool = True) -> None:
 
 def generate_token_ids(
     model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, end_closed_at: int | None = None,
-    progress: Optional[Progress] = None, **generate_kwargs,
+    progress: Progress | None = None, **generate_kwargs,
 ) -> list[tuple[list[int], bool]]:
     """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
 
@@ -332,7 +331,7 @@ def generate_answers(
     *,
     max_prompt_tokens: int | None = None,
     streamer=None,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
     **generate_kwargs,
 ) -> GenerationRun:
     """Answer every question; an answer that reaches max_new_tokens with </response> still open gets

@@ -8,8 +8,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import httpx
 from huggingface_hub import HfApi, ModelCard, constants
@@ -89,7 +90,7 @@ def _stage_merged_model(merged_model_dir: Path, target: Path) -> None:
         _link_or_copy(src, target / relative)
 
 
-def _stage_adapter(adapter_dir: Path, target: Path, base_model: Optional[str]) -> None:
+def _stage_adapter(adapter_dir: Path, target: Path, base_model: str | None) -> None:
     for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (adapter_dir / required).exists():
             raise ReleaseError(f"adapter directory {adapter_dir} has no {required}")
@@ -107,12 +108,12 @@ def _stage_adapter(adapter_dir: Path, target: Path, base_model: Optional[str]) -
 
 def stage_release(
     merged_model_dir: Path,
-    adapter_dir: Optional[Path],
+    adapter_dir: Path | None,
     card: ModelCard,
     out_dir: Path,
     adapter_mode: AdapterMode = "subfolder",
     *,
-    repo_id: Optional[str] = None,
+    repo_id: str | None = None,
 ) -> ReleaseManifest:
     """Lay out `out_dir` exactly as it will be pushed and write its manifest.
 
@@ -173,11 +174,11 @@ def _scrub(text: str, token: str) -> str:
 class _Transient:
     """A failure worth retrying, described without the token."""
 
-    def __init__(self, reason: str, retry_after: Optional[float] = None):
+    def __init__(self, reason: str, retry_after: float | None = None):
         self.reason, self.retry_after = reason, retry_after
 
 
-def _retry_after(response: httpx.Response) -> Optional[float]:
+def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
@@ -268,7 +269,7 @@ def push_release(
     private: bool = True,
     adapter_mode: AdapterMode = "subfolder",
     commit_message: str = "medcot release",
-    endpoint: Optional[str] = None,
+    endpoint: str | None = None,
     max_retries: int = 4,
     backoff_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,

@@ -8,9 +8,9 @@ from medcot_pipeline.artifact_store import ArtifactError
 from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, SplitsSummary, TrainingSummary
 from medcot_pipeline.defs.metadata import model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource, verified_inputs
+from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
-from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
 
 def check_lineage(
