@@ -438,4 +438,5 @@ class CheckpointMirror:
     def _newest_local(self) -> int:
         """The step of the newest local checkpoint that is whole, the one a run would resume from (checkpoints.py); -1 if none."""
         newest = newest_complete_checkpoint(self.local_dir)
-        return -1 if newest is None else checkpoint_step(newest)
+        step = None if newest is None else checkpoint_step(newest)
+        return -1 if step is None else step

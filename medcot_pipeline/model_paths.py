@@ -84,7 +84,7 @@ def newest_run(stage_dir: Path) -> Path:
 
 def _complete_runs(stage_dir: Path) -> list[Path]:
     # Staging directories start with a dot and are never complete; checkpoints/ holds no run.
-    runs = []
+    runs: list[Path] = []
     for run in stage_dir.iterdir() if stage_dir.is_dir() else []:
         if run.name.startswith(".") or not run.is_dir():
             continue

@@ -5,6 +5,7 @@ a tolerance changed in the launchpad is the tolerance the gate applies.
 """
 
 import re
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -136,7 +137,7 @@ def release_gate(rouge_report: str, benchmark_report: str) -> dg.AssetCheckResul
                       f"{report.merged_model_dir}: materialize both again so the gate judges one model"},
         )
     decision = decide(report, benchmark)
-    metadata = {
+    metadata: dict[str, Any] = {
         "decision": gate_headline(decision),
         "criteria": dg.MetadataValue.md(markdown_table(gate_rows(decision))),
         "status": decision.status,

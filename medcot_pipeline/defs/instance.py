@@ -67,7 +67,7 @@ class MedcotInstance(dg.DagsterInstance):
         return {}
 
     @staticmethod
-    def config_defaults(base_dir: str) -> dict:
+    def config_defaults(base_dir: str) -> Mapping[str, Any]:
         from dagster._core.instance.ref import InstanceRef
 
         defaults = dict(InstanceRef.config_defaults(base_dir))
@@ -81,9 +81,9 @@ class MedcotInstance(dg.DagsterInstance):
         refuse_secrets(run_config)
         return super().create_run(run_config=run_config, **kwargs)
 
-    def create_run_for_job(self, job_def, execution_plan=None, run_id=None, run_config=None, **kwargs) -> dg.DagsterRun:
+    def create_run_for_job(self, job_def, execution_plan=None, run_id=None, run_config=None, *args, **kwargs) -> dg.DagsterRun:
         refuse_secrets(run_config)
-        return super().create_run_for_job(job_def, execution_plan, run_id, run_config, **kwargs)
+        return super().create_run_for_job(job_def, execution_plan, run_id, run_config, *args, **kwargs)
 
     def create_reexecuted_run(self, *, run_config=None, **kwargs) -> dg.DagsterRun:
         refuse_secrets(run_config)

@@ -180,7 +180,9 @@ class WandbResource(dg.ConfigurableResource, WandbSettings):
         return {"WANDB_API_KEY": self.api_key} if self.api_key else {}
 
 
-RESOURCE_TYPES = {"artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource}
+RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
+    "artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource,
+}
 
 
 def build_resources(settings: ResourceSettings) -> dict:

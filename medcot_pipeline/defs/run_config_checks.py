@@ -141,9 +141,11 @@ class RunConfigCheckedExecutor(dg.Executor):
 def run_config_checked(executor: dg.ExecutorDefinition, op_settings: Mapping[str, type[Settings]]) -> dg.ExecutorDefinition:
     """`executor` (same name, config and requirements) that checks the run config before its first step."""
     create = executor.executor_creation_fn
+    if create is None:
+        raise ValueError(f"executor {executor.name} has no executor_creation_fn to wrap")
     return dg.ExecutorDefinition(
         name=executor.name,
-        config_schema=executor.config_schema,
+        config_schema=executor.config_schema.as_field(),
         requirements=executor.get_requirements,
         executor_creation_fn=lambda init_context: RunConfigCheckedExecutor(create(init_context), op_settings),
         description=executor.description,

@@ -85,6 +85,8 @@ def running_step_processes(instance: dg.DagsterInstance, run_id: str) -> list[tu
         run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
     ):
         event = entry.dagster_event
+        if event is None or entry.step_key is None:  # of_type keeps step events, which carry both
+            continue
         if event.event_type == dg.DagsterEventType.STEP_START and event.pid is not None:
             started[entry.step_key] = (event.pid, entry.timestamp)
         else:

@@ -122,7 +122,7 @@ def hub_dataset_id(name: str) -> str | None:
 
 
 def adapter_is_subfolder(location: str | None) -> bool:
-    return bool(location) and location.endswith("/")
+    return location is not None and location.endswith("/")
 
 
 def _cell(value: Any) -> str:
@@ -581,6 +581,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
 def build_adapter_card(model_card: ModelCard, adapter_repo: str, subfolder: str | None = None) -> ModelCard:
     """A short README for the adapter, pointing at the base model and at the merged repository."""
     data = model_card.data
+    assert isinstance(data, ModelCardData), "build_model_card makes model cards"  # huggingface_hub types it as CardData
     merged_repo_id = data.model_name
     base_model = data.base_model
     card_data = ModelCardData(

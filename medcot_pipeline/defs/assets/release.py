@@ -1,6 +1,7 @@
 """Release stage: a model card and the release folder, pushed to the Hub when HF_TOKEN is set."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -98,7 +99,7 @@ def hub_release(
     except (ReleaseError, ArtifactError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
-    metadata = {
+    metadata: dict[str, Any] = {
         # First on the page: what the gate decided, so that a disabled gate never reads as a pass.
         "release_gate": gate_headline(gate),
         "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(gate))),
