@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from medcot_pipeline.defs import code_versions
-from medcot_pipeline.defs.code_versions import NOT_COMPUTATION, PACKAGE, PACKAGE_ROOT, PRESENTATION, PackageSource, VersionInputs
+from medcot_pipeline.defs.code_versions import METADATA, NOT_COMPUTATION, PACKAGE, PACKAGE_ROOT, PRESENTATION, PackageSource, VersionInputs
 from medcot_pipeline.profiles import DEFAULT_PROFILE
 from medcot_pipeline_tests.pipeline_harness import ASSETS, load_defs
 
@@ -30,8 +30,6 @@ PROVENANCE_FROM_MACHINERY = {
     "PROFILE": "the profile's file name, recorded in the training job",
     "PROFILE_TAG_KEY": "the run tag that names the profile",
 }
-# What may only ever hold presentation: keyword arguments and variables of this name.
-METADATA = "metadata"
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +172,25 @@ def test_a_change_to_metadata_rendering_changes_no_version(inputs, package, modu
             prepend(function, "rendering_changed_by_the_test = True")
 
     rewrite(path, change)
+    assert changed(inputs, package) == set()
+
+
+def test_what_an_asset_puts_in_its_metadata_changes_no_version(inputs, package):
+    """Every string an asset function writes into its metadata changed, and a new entry added to each: no version moves."""
+    for path in sorted((package / "defs" / "assets").glob("*.py")):
+
+        def change(tree):
+            parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and in_metadata_position(node, parents):
+                    node.value += " (changed by the test)"
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and any(k.arg == METADATA for k in node.keywords):
+                    keyword = next(k for k in node.keywords if k.arg == METADATA)
+                    keyword.value = ast.parse(f"{{**({ast.unparse(keyword.value)}), 'added_by_the_test': 1}}", mode="eval").body
+
+        rewrite(path, change)
+    assert "(changed by the test)" in (package / "defs" / "assets" / "model.py").read_text()
     assert changed(inputs, package) == set()
 
 
@@ -329,6 +346,44 @@ def test_presentation_outside_metadata_is_caught(package):
     rewrite(package / "defs" / "assets" / "model.py", change)
     offending = [(m, ast.unparse(c.func)) for m, c, parents, _ in presentation_calls(package) if not in_metadata_position(c, parents)]
     assert offending == [("medcot_pipeline.defs.assets.model", "rendered_by_the_test")]
+
+
+def metadata_uses_outside_metadata(root: Path = PACKAGE_ROOT) -> list[str]:
+    """Where a function of an asset module reads `metadata` other than to build metadata (e.g. writes it to a file)."""
+    found = []
+    for path in sorted((root / "defs" / "assets").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id == METADATA and isinstance(node.ctx, ast.Load):
+                if not in_metadata_position(node, parents) and not _in_metadata_statement(node, parents):
+                    found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def _in_metadata_statement(node: ast.AST, parents: dict) -> bool:
+    """`metadata[...] = ...` or `metadata.update(...)`: the name read as the target of a metadata statement."""
+    parent = parents.get(node)
+    if isinstance(parent, ast.Subscript) and isinstance(parents.get(parent), (ast.Assign, ast.AugAssign)):
+        return True
+    if isinstance(parent, ast.Attribute) and isinstance(parents.get(parent), ast.Call) and isinstance(parents.get(parents[parent]), ast.Expr):
+        return True
+    return False
+
+
+def test_what_an_asset_builds_for_metadata_only_reaches_its_metadata():
+    """The rule that lets an asset's version leave its metadata out: in the asset modules, `metadata` is read only to
+    build metadata, never written into an artifact or used to compute one."""
+    assert metadata_uses_outside_metadata() == []
+
+
+def test_metadata_used_for_an_artifact_is_caught(package):
+    def change(tree):
+        body = definition(tree, "hub_release").body
+        body.insert(len(body) - 1, ast.parse("staged.joinpath('metadata.json').write_text(str(metadata))").body[0])
+
+    rewrite(package / "defs" / "assets" / "release.py", change)
+    assert len(metadata_uses_outside_metadata(package)) == 1
 
 
 def asset_uses_of_left_out_modules(inputs, root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:

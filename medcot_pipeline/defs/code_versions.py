@@ -11,7 +11,6 @@ package the way the code location computes its own.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import json
 from collections.abc import Iterator
@@ -39,6 +38,9 @@ NOT_COMPUTATION: dict[str, str] = {
 }
 # Of those, the modules whose results may only reach metadata (the test holds every call to them to that).
 PRESENTATION = frozenset({"medcot_pipeline.defs.metadata"})
+# Inside an asset's function and its helpers, what is built for `metadata` (a `metadata=` argument, a variable
+# of that name) is presentation too, and is left out; the test holds the name to that use.
+METADATA = "metadata"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,49 @@ def normalised(node: ast.AST) -> str:
         if isinstance(each, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and _is_docstring(body[0]):
             each.body = body[1:] or [ast.Pass()]
     return ast.unparse(node)
+
+
+def without_metadata(node: ast.stmt) -> ast.stmt:
+    """A copy of a definition without what it builds for metadata: `metadata=` arguments, statements that assign
+    to `metadata` or one of its keys, and `metadata.update(...)`-style calls."""
+    node = ast.parse(ast.unparse(node)).body[0]  # a fresh copy, so the cached tree is left as it was
+    _DropMetadata().visit(node)
+    for each in ast.walk(node):
+        if isinstance(each, _BLOCKS) and not each.body:  # a block that only built metadata
+            each.body = [ast.Pass()]
+    return node
+
+
+_BLOCKS = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.ExceptHandler, ast.match_case,
+           ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _names_metadata(target: ast.AST) -> bool:
+    if isinstance(target, ast.Subscript):
+        target = target.value
+    return isinstance(target, ast.Name) and target.id == METADATA
+
+
+class _DropMetadata(ast.NodeTransformer):
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        node.keywords = [keyword for keyword in node.keywords if keyword.arg != METADATA]
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
+        return None if any(_names_metadata(target) for target in node.targets) else self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST | None:
+        return None if _names_metadata(node.target) else self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | None:
+        return None if _names_metadata(node.target) else self.generic_visit(node)
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+        call = node.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and _names_metadata(call.func.value):
+            return None
+        return self.generic_visit(node)
 
 
 def _is_docstring(statement: ast.stmt) -> bool:
@@ -193,9 +238,8 @@ class PackageSource:
             top_level = _top_level_definitions(tree)
             if name not in top_level:
                 raise ValueError(f"{module} defines no top-level {name}")
-            node = top_level[name]
+            node = without_metadata(top_level[name])
             if drop_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                node = copy.copy(node)  # shallow: the cached tree keeps its decorators
                 node.decorator_list = []
             definitions[module, name] = normalised(node)
             bindings = self.module_bindings(module)
