@@ -224,14 +224,14 @@ def test_a_change_to_what_a_resource_computes_changes_the_assets_that_take_it(in
     rewrite(package / "defs" / "resources.py", change("ArtifactStore"))
     assert changed(inputs, package) == set()
     rewrite(package / "defs" / "resources.py", change("BaseModelResource"))
-    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "merged_model", "rouge_report"}
+    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "merged_model", "rouge_report", "benchmark_report"}
 
 
 def test_a_change_to_shared_code_changes_every_asset_that_runs_it(inputs, package):
     append(package / "chat_format.py", "ADDED_BY_THE_TEST = 1\n")
-    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "rouge_report"}
+    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "rouge_report", "benchmark_report"}
     append(package / "release" / "model_card.py", "ADDED_BY_THE_TEST = 1\n")
-    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "rouge_report", "hub_release"}
+    assert changed(inputs, package) == {"formatted_splits", "lora_adapter", "rouge_report", "benchmark_report", "hub_release"}
 
 
 def test_an_asset_s_decorator_is_not_its_computation(inputs, package):
