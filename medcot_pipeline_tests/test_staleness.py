@@ -46,7 +46,7 @@ def test_changing_training_config_makes_adapter_and_everything_after_stale(mater
     instance, profile, home = materialized
     changed = tiny_profile(tiny_llama_dir, home / "artifacts", lora_adapter={"learning_rate": 5e-4})
     defs = load_defs(write_profile(home / "train_changed.yaml", changed))
-    assert stale_assets(defs, instance) == {"lora_adapter", "merged_model", "rouge_report", "hub_release"}
+    assert stale_assets(defs, instance) == {"lora_adapter", "merged_model", "rouge_report", "benchmark_report", "hub_release"}
 
 
 def test_rematerializing_unchanged_data_leaves_downstream_fresh(materialized):
@@ -125,8 +125,8 @@ def test_a_cleaning_change_that_keeps_the_data_reruns_formatted_splits_alone(mat
 
 def test_a_cleaning_change_that_changes_the_data_makes_the_adapter_stale(materialized, tmp_path):
     """New cleaning logic that changes the records: formatted_splits alone is stale, and once it is rematerialized with
-    a new data version, the assets that read it turn stale because of it: lora_adapter (the train split) and
-    rouge_report (the validation split); merged_model and hub_release follow once those rematerialize."""
+    a new data version, exactly the assets that read it turn stale because of it (lora_adapter: the train split,
+    rouge_report: the validation split, hub_release: the split summary); the rest follows as those rematerialize."""
     instance, profile, home = materialized
     fresh(home)
     package = package_copy(tmp_path)
@@ -135,4 +135,6 @@ def test_a_cleaning_change_that_changes_the_data_makes_the_adapter_stale(materia
     out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
     assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
     assert out["after"]["data_versions"]["formatted_splits"] != out["before"]["data_versions"]["formatted_splits"]
-    assert out["after"]["stale"] == {"lora_adapter": ["DATA"], "rouge_report": ["DATA"]}
+    readers = load_defs(home / "base.yaml").resolve_asset_graph().get(dg.AssetKey("formatted_splits")).child_keys
+    assert "lora_adapter" in {key.to_user_string() for key in readers}
+    assert out["after"]["stale"] == {key.to_user_string(): ["DATA"] for key in readers}
