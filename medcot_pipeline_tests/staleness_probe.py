@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import medcot_pipeline
-    from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, materialized_in
+    from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, materialized_in, step_errors
 
     defs = load_defs(args.profile)
     instance = dg.DagsterInstance.local_temp(str(args.home))
@@ -48,6 +48,7 @@ def main() -> None:
         result = materialize(defs, instance, selection=args.materialize.split(","))
         out["materialized"] = sorted(materialized_in(result))
         out["success"] = result.success
+        out["errors"] = [] if result.success else step_errors(instance, result.run_id)
         out["after"] = report(defs, instance)
     print(json.dumps(out))
 

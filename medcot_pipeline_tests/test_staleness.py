@@ -97,12 +97,13 @@ def package_copy(tmp_path: Path) -> Path:
 
 
 def change_cleaning(package: Path, body: str) -> None:
-    """Cleaning logic replaced: `clean_records` becomes `body` run over the original's result (`cleaned`, `counts`)."""
+    """Cleaning logic replaced: `clean_records` becomes `body` run over the original's result (`cleaned`, `counts`),
+    whatever arguments the original takes."""
     cleaning = package / "data" / "cleaning.py"
     cleaning.write_text(
         cleaning.read_text()
-        + "\n\nclean_records_before_the_test = clean_records\n\n\ndef clean_records(df):\n"
-        + "    cleaned, counts = clean_records_before_the_test(df)\n"
+        + "\n\nclean_records_before_the_test = clean_records\n\n\ndef clean_records(*args, **kwargs):\n"
+        + "    cleaned, counts = clean_records_before_the_test(*args, **kwargs)\n"
         + "".join(f"    {line}\n" for line in body.splitlines())
         + "    return cleaned, counts\n"
     )
@@ -118,7 +119,8 @@ def test_a_cleaning_change_that_keeps_the_data_reruns_formatted_splits_alone(mat
 
     out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
     assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
-    assert out["materialized"] == ["formatted_splits"] and out["success"]
+    assert out["success"], out["errors"]
+    assert out["materialized"] == ["formatted_splits"]
     assert out["after"]["stale"] == {}
     assert out["after"]["data_versions"] == out["before"]["data_versions"]
 
@@ -133,6 +135,7 @@ def test_a_cleaning_change_that_changes_the_data_makes_the_adapter_stale(materia
     change_cleaning(package, 'cleaned["Response"] = cleaned["Response"] + " Checked."')
 
     out = probe(package, home, home / "base.yaml", materialize="formatted_splits")
+    assert out["success"], out["errors"]
     assert out["before"]["stale"] == {"formatted_splits": ["CODE"]}
     assert out["after"]["data_versions"]["formatted_splits"] != out["before"]["data_versions"]["formatted_splits"]
     readers = load_defs(home / "base.yaml").resolve_asset_graph().get(dg.AssetKey("formatted_splits")).child_keys
