@@ -314,7 +314,7 @@ def test_presentation_only_ever_reaches_metadata():
     calls = presentation_calls()
     assert len(calls) > 10, "the rule checks nothing: presentation calls were not found"
     call_sites: dict[str, list[bool]] = {}
-    for tree_module, tree in package_modules().items():
+    for tree in package_modules().values():
         parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -397,7 +397,7 @@ def asset_uses_of_left_out_modules(inputs, root: Path = PACKAGE_ROOT) -> dict[st
         bindings = {bound: target for bound, target in source.imports(tree, module)}
         definitions, _ = source.dependencies([(module, name, True)])
         found = set()
-        for (_, helper), text in definitions.items():
+        for text in definitions.values():
             for used in code_versions._names_used(ast.parse(text)):
                 target = bindings.get(used)
                 if target in NOT_COMPUTATION and target not in PRESENTATION:

@@ -11,7 +11,15 @@ import dagster as dg
 import pytest
 
 from medcot_pipeline_tests.conftest import REPO_ROOT
-from medcot_pipeline_tests.pipeline_harness import ASSETS, load_defs, materialize, materialized_in, stale_assets, tiny_profile, write_profile
+from medcot_pipeline_tests.pipeline_harness import (
+    ASSETS,
+    load_defs,
+    materialize,
+    materialized_in,
+    stale_assets,
+    tiny_profile,
+    write_profile,
+)
 
 
 @pytest.fixture(scope="module")
