@@ -64,14 +64,14 @@ def main(argv=None) -> int:
     import yaml
 
     from medcot_pipeline.contracts import BenchmarkSource
-    from medcot_pipeline.defs.stages import read_profile
     from medcot_pipeline.evaluation.benchmark_report import write_benchmark_report
+    from medcot_pipeline.profiles import load_profile
     from medcot_pipeline.settings import BenchmarkEvaluationSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("benchmark_eval")
-    profile = read_profile(args.profile)
-    values = {**profile.ops.get("benchmark_report", {}), **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    profile = load_profile(args.profile)
+    values = {**profile.stages.benchmark_report.model_dump(exclude_unset=True), **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
     values["max_questions"] = None  # every question given
     if args.tiny:
         values.update(kv_cache="dynamic", attention="grouped_sdpa", max_new_tokens=8, batch_size=4)

@@ -32,8 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from medcot_pipeline.contracts import BaseModelRef, DatasetProvenance, TrainingJob, WandbTarget  # noqa: E402
-from medcot_pipeline.defs.profiles import PROFILES_DIR  # noqa: E402
-from medcot_pipeline.defs.stages import profile_settings, read_profile  # noqa: E402
+from medcot_pipeline.profiles import PROFILES_DIR, load_profile  # noqa: E402
 from medcot_pipeline.evaluation.generation import generate_answers  # noqa: E402
 from medcot_pipeline.evaluation.metrics import summarize  # noqa: E402
 from medcot_pipeline.training import run  # noqa: E402
@@ -43,11 +42,11 @@ def main(argv: list[str]) -> int:
     splits, base, out = Path(argv[0]), argv[1], Path(argv[2])
     overrides = {key: yaml.safe_load(value) for key, value in (arg.split("=", 1) for arg in argv[3:])}
     only_base = bool(overrides.pop("base", False))
-    profile = read_profile(PROFILES_DIR / "demo.yaml")
-    training = profile_settings("lora_adapter", profile).model_copy(update={"report_to_wandb": False, **overrides})
+    profile = load_profile(PROFILES_DIR / "demo.yaml")
+    training = profile.stages.lora_adapter.model_copy(update={"report_to_wandb": False, **overrides})
     training = type(training).model_validate(training.model_dump())  # the overrides validated as a profile's would be
-    evaluation = profile_settings("rouge_report", profile)
-    max_seq = profile.resource_values("base_model")["max_seq_length"]
+    evaluation = profile.stages.rouge_report
+    max_seq = profile.resources.base_model.max_seq_length
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = Path(tempfile.mkdtemp(prefix="demo-settings-"))

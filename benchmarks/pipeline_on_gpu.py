@@ -102,7 +102,9 @@ def main(argv=None) -> int:
     records, held_out = (args.records.resolve(), {"copies": 1})
     if args.questions:
         records, held_out = records_with_questions(args.records.resolve(), args.questions, work / "records.json")
-    profile = yaml.safe_load((REPO_ROOT / "profiles" / f"{args.profile}.yaml").read_text())
+    from medcot_pipeline.profiles import PROFILES_DIR, load_profile
+
+    profile = load_profile(PROFILES_DIR / f"{args.profile}.yaml").run_config()  # `extends` resolved
     training = profile["ops"]["lora_adapter"]["config"]
     training["max_steps"] = args.max_steps or training.get("eval_steps") or training["max_steps"]
     training["save_steps"] = min(training.get("save_steps") or training["max_steps"], training["max_steps"])

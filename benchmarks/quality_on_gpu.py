@@ -89,7 +89,9 @@ TINY = {"layout": "t4", "base": True, "lora": {
 
 def build_profile(setting: dict, records: Path, artifacts: Path, base_model: str, max_seq_length: int, tiny: bool) -> dict:
     """The layout's profile (profiles/<layout>.yaml) with the setting's training values, the file source and the model."""
-    profile = yaml.safe_load((REPO_ROOT / "profiles" / f"{setting['layout']}.yaml").read_text())
+    from medcot_pipeline.profiles import PROFILES_DIR, load_profile
+
+    profile = load_profile(PROFILES_DIR / f"{setting['layout']}.yaml").run_config()  # `extends` resolved
     ops = profile["ops"]
     ops["raw_dataset"]["config"] = {"source": "file", "path": str(records)}
     lora = ops["lora_adapter"]["config"]
@@ -155,7 +157,9 @@ def run_setting(name: str, work: Path) -> int:
     materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     out = {"success": set(ASSETS) <= materialized, "run_success": result.success, "wall_seconds": round(wall, 1),
            "step_seconds": steps, "checks": checks, "errors": errors}
-    artifacts = Path(yaml.safe_load(profile_path.read_text())["resources"]["artifacts"]["config"]["root"])
+    from medcot_pipeline.profiles import load_profile
+
+    artifacts = Path(load_profile(profile_path).resources.artifacts.root)
     summaries = sorted(artifacts.glob("lora_adapter/*/adapter/training_summary.json")) or sorted(artifacts.glob("lora_adapter/**/training_summary.json"))
     if summaries:
         out["training"] = json.loads(summaries[-1].read_text())

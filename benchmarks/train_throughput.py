@@ -38,7 +38,7 @@ import torch
 
 from random_model import DEFAULT_CONFIG, DEFAULT_RECORDS, REPO_ROOT, build_random_checkpoint, llama32_instruct_tokenizer, load_formatted_records
 
-PROFILES_DIR = REPO_ROOT / "profiles"
+from medcot_pipeline.profiles import PROFILES_DIR, load_profile  # noqa: E402 - random_model puts the repo on the path
 # Settings changed on top of a profile, to measure what the h100 profile should hold.
 _H100_AS_SHIPPED = {"lora_dropout": 0.05, "packed_attention": "per_record", "per_device_train_batch_size": 24, "lora_r": 16, "lora_alpha": 32}
 CANDIDATES: dict[str, tuple[str, dict]] = {
@@ -76,16 +76,14 @@ def variant_spec(name: str) -> tuple[str, dict]:
 
 def training_settings(name: str, tiny: bool):
     """The variant's TrainingSettings and max_seq_length, read from its profile like `lora_adapter` does."""
-    from medcot_pipeline.defs.stages import read_profile
     from medcot_pipeline.settings import TrainingSettings
 
     profile_name, changes = variant_spec(name)
-    profile = read_profile(PROFILES_DIR / f"{profile_name}.yaml")
-    values = {**profile.ops.get("lora_adapter", {}), **changes, **BENCH_OVERRIDES}
+    profile = load_profile(PROFILES_DIR / f"{profile_name}.yaml")
+    values = {**profile.stages.lora_adapter.model_dump(exclude_unset=True), **changes, **BENCH_OVERRIDES}
     if tiny:
         values.update(backend="transformers", load_in_4bit=False, per_device_train_batch_size=min(values.get("per_device_train_batch_size", 1), 2))
-    max_seq_length = profile.resource_values("base_model").get("max_seq_length", 1024)
-    return profile_name, TrainingSettings(**values), (256 if tiny else max_seq_length)
+    return profile_name, TrainingSettings(**values), (256 if tiny else profile.resources.base_model.max_seq_length)
 
 
 def resolved_backend(config, processes: int = 1):

@@ -27,8 +27,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -85,7 +85,7 @@ def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
 
-def read_manifest(location: str) -> Optional[ArtifactManifest]:
+def read_manifest(location: str) -> ArtifactManifest | None:
     """The manifest of the version at `location`, or None when it is not committed."""
     fs, path = _fs(location)
     try:
@@ -108,12 +108,12 @@ def build_manifest(directory: Path) -> ArtifactManifest:
     return ArtifactManifest(files=files, committed_at=time.time(), host=socket.gethostname())
 
 
-def damaged(path: Path | str, problem: str, asset: Optional[str]) -> ArtifactDamagedError:
+def damaged(path: Path | str, problem: str, asset: str | None) -> ArtifactDamagedError:
     """The one-line error for a file that is not what its writer recorded, naming what to materialize again."""
     return ArtifactDamagedError(f"{path} {problem}: the file is damaged; {f'materialize {asset} again' if asset else 'write it again'}")
 
 
-def verify_files(directory: Path, manifest: ArtifactManifest, *, asset: Optional[str], hashes: bool = False, under: str = "") -> None:
+def verify_files(directory: Path, manifest: ArtifactManifest, *, asset: str | None, hashes: bool = False, under: str = "") -> None:
     """Check the files `manifest` lists (those under `under`, relative to `directory`) against it: present and of
     the recorded size always, of the recorded sha256 when `hashes`. Raises ArtifactDamagedError naming the first
     file that differs and the asset to materialize again."""
@@ -132,7 +132,7 @@ def verify_files(directory: Path, manifest: ArtifactManifest, *, asset: Optional
             raise damaged(path, f"has other bytes than {MANIFEST_FILE} records (sha256 {entry.sha256[:12]}...)", asset)
 
 
-def verify_version(version_dir: Path, *, asset: Optional[str] = None, hashes: bool = False, under: str = "") -> bool:
+def verify_version(version_dir: Path, *, asset: str | None = None, hashes: bool = False, under: str = "") -> bool:
     """Check a local version (or this node's copy of one) against its `_MANIFEST.json`; False when it has none
     (versions written before local roots carried one)."""
     manifest = _cached_manifest(Path(version_dir))
@@ -217,7 +217,7 @@ def remove_version(location: str) -> None:
         fs.rm(keys)
 
 
-def _cached_manifest(directory: Path) -> Optional[ArtifactManifest]:
+def _cached_manifest(directory: Path) -> ArtifactManifest | None:
     try:
         return ArtifactManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
     except (OSError, ValidationError):
@@ -237,7 +237,7 @@ class ArtifactRoot:
     translate into each other.
     """
 
-    def __init__(self, root: str, cache_dir: Optional[str] = None):
+    def __init__(self, root: str, cache_dir: str | None = None):
         self.root = str(root)
         self.remote = is_remote(self.root)
         if self.remote:
@@ -373,7 +373,7 @@ class ArtifactRoot:
                 self.local_path(*parts).parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(self.local_path(*parts), text)
 
-    def read_ref(self, asset: str, run_id: Optional[str]) -> Optional[str]:
+    def read_ref(self, asset: str, run_id: str | None) -> str | None:
         """The asset's output in run `run_id` if it made one, else its latest recorded one; None if never recorded."""
         candidates = [("refs", asset, f"{run_id}.json")] if run_id else []
         for parts in (*candidates, ("refs", f"{asset}.json")):
@@ -422,7 +422,7 @@ class CheckpointMirror:
             remove_version(committed[step])
         return target
 
-    def restore(self) -> Optional[Path]:
+    def restore(self) -> Path | None:
         """Fetch the newest committed checkpoint unless this node already holds it (or a newer complete one)."""
         committed = self.committed()
         if not committed:
@@ -438,4 +438,5 @@ class CheckpointMirror:
     def _newest_local(self) -> int:
         """The step of the newest local checkpoint that is whole, the one a run would resume from (checkpoints.py); -1 if none."""
         newest = newest_complete_checkpoint(self.local_dir)
-        return -1 if newest is None else checkpoint_step(newest)
+        step = None if newest is None else checkpoint_step(newest)
+        return -1 if step is None else step

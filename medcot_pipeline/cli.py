@@ -151,7 +151,7 @@ def ask(args: argparse.Namespace) -> int:
     _note(f"loaded in {time.perf_counter() - started:.1f} s; answering on {device} (up to {config.max_new_tokens} tokens)…")
     # The text goes out once: streamed to stdout, or (with --json) to stderr for a person watching.
     stream_to = None if args.no_stream else sys.stderr if args.json else sys.stdout
-    if stream_to is sys.stderr and not sys.stderr.isatty():
+    if args.json and not sys.stderr.isatty():
         stream_to = None
     streamer = None if stream_to is None else text_streamer(tokenizer, stream_to)
     try:
@@ -160,7 +160,7 @@ def ask(args: argparse.Namespace) -> int:
         return _error(str(err))
     answer = run.answers[0]
     parsed = answer.parsed
-    if streamer is not None:
+    if streamer is not None and stream_to is not None:
         stream_to.write("\n")
         stream_to.flush()
 

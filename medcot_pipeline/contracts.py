@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -74,15 +74,15 @@ class DatasetProvenance(Contract):
     FILE: ClassVar[str] = "source.json"
 
     source: Literal["sample", "file", "hub"]
-    hub_id: Optional[str] = None  # owner/name on the Hub, for source=hub
-    hub_config: Optional[str] = None
-    hub_split: Optional[str] = None
-    revision: Optional[str] = None  # the Hub revision as requested (a commit where pinned)
+    hub_id: str | None = None  # owner/name on the Hub, for source=hub
+    hub_config: str | None = None
+    hub_split: str | None = None
+    revision: str | None = None  # the Hub revision as requested (a commit where pinned)
     location: str  # the file read, or a description of the Hub dataset
     format: str
     records: int
     content_sha256: str
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
 
 class DecontaminationSummary(Contract):
@@ -107,7 +107,7 @@ class SplitsSummary(Contract):
     tokenizer: str
     max_seq_length: int
     cleaning: dict[str, int]
-    token_lengths: dict[str, Optional[float]]
+    token_lengths: dict[str, float | None]
     over_max_seq_length: int
     split: dict[str, Any]
     input_rows: int
@@ -115,10 +115,10 @@ class SplitsSummary(Contract):
     validation_rows: int
     dropped_rows: int
     dropped_share: float
-    decontamination: Optional[DecontaminationSummary] = None
-    benchmark_questions_code_version: Optional[str] = None  # of the benchmark_questions it was decontaminated against
+    decontamination: DecontaminationSummary | None = None
+    benchmark_questions_code_version: str | None = None  # of the benchmark_questions it was decontaminated against
     content_sha256: str
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -127,14 +127,14 @@ class SplitsSummary(Contract):
 class BaseModelRef(Contract):
     name: str  # as configured: a Hub id, a local directory, or embedded:...
     reference: str  # what from_pretrained was given (the embedded model's converted directory)
-    revision: Optional[str] = None
+    revision: str | None = None
 
 
 class WandbTarget(Contract):
     enabled: bool
     mode: Literal["offline", "online"] = "offline"
     project: str = "medcot"
-    entity: Optional[str] = None
+    entity: str | None = None
     dir: str = ""
     run_name: str = ""
 
@@ -146,21 +146,21 @@ class TrainingJob(Contract):
     splits_dir: str
     output_dir: str
     checkpoint_dir: str
-    checkpoint_location: Optional[str] = None  # object storage: where each checkpoint is committed for other nodes
+    checkpoint_location: str | None = None  # object storage: where each checkpoint is committed for other nodes
     max_seq_length: int
     settings: TrainingSettings
     wandb: WandbTarget
     dataset: DatasetProvenance
     splits_sha256: str
-    profile: Optional[str] = None
-    code_version: Optional[str] = None
+    profile: str | None = None
+    code_version: str | None = None
     # asset -> code version of the upstream materializations this training read (raw_dataset, formatted_splits)
-    lineage: dict[str, Optional[str]] = {}
+    lineage: dict[str, str | None] = {}
 
 
 class WandbRun(Contract):
     run_path: str
-    url: Optional[str] = None
+    url: str | None = None
     dir: str
 
 
@@ -173,41 +173,41 @@ class TrainingSummary(Contract):
     base_weights: str  # how the base was held while training: "4-bit NF4 (QLoRA)", "bfloat16", "float32"
     processes: int
     # Rows per optimizer step over all processes, and how each process made them (data_parallel.py).
-    global_batch_rows: Optional[int] = None
-    per_process_batch: Optional[int] = None
-    per_process_accumulation: Optional[int] = None
+    global_batch_rows: int | None = None
+    per_process_batch: int | None = None
+    per_process_accumulation: int | None = None
     hardware: str  # the accelerator's name, e.g. "NVIDIA H100 80GB HBM3", or "CPU (x86_64)"
     base_model: BaseModelRef
     dataset: DatasetProvenance
     splits_sha256: str
     settings: TrainingSettings  # as configured (the global batch); per-process values are derived
     max_seq_length: int
-    profile: Optional[str] = None
-    code_version: Optional[str] = None
-    lineage: dict[str, Optional[str]] = {}
+    profile: str | None = None
+    code_version: str | None = None
+    lineage: dict[str, str | None] = {}
     global_step: int
-    resumed_from: Optional[str] = None
+    resumed_from: str | None = None
     train_rows: int
     validation_rows: int
-    train_loss_final: Optional[float] = None
-    eval_loss_final: Optional[float] = None
-    learning_rate_final: Optional[float] = None
+    train_loss_final: float | None = None
+    eval_loss_final: float | None = None
+    learning_rate_final: float | None = None
     loss_per_step: list[dict[str, Any]]
     eval_losses: list[dict[str, Any]]
     # Grading during training (training/grading.py): per graded step, eval_loss, format_compliance,
     # rouge_l_response, truncation_rate and grade; the adapter is the checkpoint of kept_step.
     graded_steps: list[dict[str, Any]] = []
     graded_questions: int = 0
-    kept_step: Optional[int] = None
+    kept_step: int | None = None
     kept_by: str = "last step"
     tokens_seen: int
     tokens_this_run: int
-    tokens_per_second: Optional[float] = None
+    tokens_per_second: float | None = None
     training_seconds: float
     wall_time_seconds: float
-    peak_gpu_memory_gib: Optional[float] = None
+    peak_gpu_memory_gib: float | None = None
     versions: dict[str, str]
-    wandb: Optional[WandbRun] = None
+    wandb: WandbRun | None = None
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -225,7 +225,7 @@ class MergeRecord(Contract):
     parameters: int
     weights_sha256: str
     size_bytes: int
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -239,7 +239,7 @@ class ModelScores(Contract):
     continuation_rate: float
     mean_output_tokens: float
     n: int
-    mc_accuracy: Optional[float] = None
+    mc_accuracy: float | None = None
     mc_n: int = 0
     tokens_per_second: float
     wall_seconds: float
@@ -266,9 +266,9 @@ class PairedComparison(Contract):
     confidence: float
     verdict: Literal["better", "no detectable change", "worse"]
     # Right/wrong outcomes (accuracy): McNemar's exact test on the questions only one model got right.
-    mcnemar_p: Optional[float] = None
-    fine_tuned_only: Optional[int] = None
-    base_only: Optional[int] = None
+    mcnemar_p: float | None = None
+    fine_tuned_only: int | None = None
+    base_only: int | None = None
 
 
 class EvaluationReport(Contract):
@@ -281,10 +281,10 @@ class EvaluationReport(Contract):
     merged_model_dir: str
     settings: EvaluationSettings
     fine_tuned: ModelScores
-    base: Optional[ModelScores] = None
+    base: ModelScores | None = None
     # Fine-tuned minus base per metric, with intervals; empty without the base model.
     comparisons: list[PairedComparison] = []
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ benchmarks
@@ -296,8 +296,8 @@ class BenchmarkSource(Contract):
     questions: int
     skipped: int = 0  # records without a question, two options or a correct letter
     location: str
-    revision: Optional[str] = None  # as requested
-    commit: Optional[str] = None  # what it resolved to
+    revision: str | None = None  # as requested
+    commit: str | None = None  # what it resolved to
     stand_in: bool = False
 
 
@@ -309,7 +309,7 @@ class BenchmarkQuestions(Contract):
     settings: BenchmarkQuestionsSettings
     sources: list[BenchmarkSource]
     content_sha256: str
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
     @property
     def stand_in(self) -> bool:
@@ -325,7 +325,7 @@ class BenchmarkScores(Contract):
     correct: int
     no_choice: dict[str, int]  # answers with no choice, by reason: cut off, no readable choice, several options named
     cut_off_rate: float
-    loglikelihood_accuracy: Optional[float] = None  # option log-likelihood (lm-eval's way): the second number
+    loglikelihood_accuracy: float | None = None  # option log-likelihood (lm-eval's way): the second number
     mean_output_tokens: float
 
 
@@ -354,7 +354,7 @@ class BenchmarkReport(Contract):
     comparisons: list[PairedComparison] = []
     generation: dict[str, GenerationTotals]  # model label -> its generation over all benchmarks
     wall_seconds: float  # the whole evaluation: loading, compiling, generating and scoring both models
-    code_version: Optional[str] = None
+    code_version: str | None = None
 
     @property
     def stand_in(self) -> bool:
@@ -365,7 +365,7 @@ class GateCriterion(Contract):
     name: str  # e.g. "ROUGE-L (response), lower end of the 95% interval of the gain"
     threshold: float
     direction: Literal[">=", "<="]
-    value: Optional[float]  # None: not measured (and then not passed)
+    value: float | None  # None: not measured (and then not passed)
     passed: bool
     note: str = ""
 

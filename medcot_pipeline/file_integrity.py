@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 # What the Trainer writes into checkpoint-N, by kind of check; anything else in the folder is not judged.
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -18,7 +17,7 @@ TORCH_ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin")
 JSON_STATE_FILES = ("trainer_state.json",)
 
 
-def safetensors_problem(path: Path | str) -> Optional[str]:
+def safetensors_problem(path: Path | str) -> str | None:
     """Why a safetensors file cannot be read (cut short, or not safetensors), or None when its header covers it."""
     from safetensors import safe_open
 
@@ -30,7 +29,7 @@ def safetensors_problem(path: Path | str) -> Optional[str]:
     return None
 
 
-def torch_archive_problem(path: Path | str) -> Optional[str]:
+def torch_archive_problem(path: Path | str) -> str | None:
     """Why a torch.save file is not whole (no zip directory at its end: cut short), or None."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -40,7 +39,7 @@ def torch_archive_problem(path: Path | str) -> Optional[str]:
     return None
 
 
-def json_problem(path: Path | str) -> Optional[str]:
+def json_problem(path: Path | str) -> str | None:
     try:
         json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -48,7 +47,7 @@ def json_problem(path: Path | str) -> Optional[str]:
     return None
 
 
-def file_problem(path: Path | str) -> Optional[str]:
+def file_problem(path: Path | str) -> str | None:
     """The check that fits the file's kind; None for a kind not judged here."""
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
@@ -70,7 +69,7 @@ def directory_problems(directory: Path | str) -> list[tuple[Path, str]]:
     return found
 
 
-def checkpoint_problem(checkpoint: Path | str) -> Optional[str]:
+def checkpoint_problem(checkpoint: Path | str) -> str | None:
     """Why a Trainer's checkpoint-N folder cannot be resumed from, or None.
 
     The Trainer writes trainer_state.json last, so a process killed while saving leaves a folder without it (or

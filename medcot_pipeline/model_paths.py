@@ -12,13 +12,10 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # What a run of each stage keeps its model in: artifacts/<stage>/<run id>/<subdirectory>.
 RUN_SUBDIRECTORIES = {"merged_model": "model", "lora_adapter": "adapter"}
 LATEST = "latest"
-DEFAULT_ARTIFACTS_ROOT = "artifacts"
 
 
 class ModelLoadError(RuntimeError):
@@ -26,22 +23,21 @@ class ModelLoadError(RuntimeError):
 
 
 def artifacts_root(explicit: str | None = None) -> Path:
-    """--artifacts if given, else the root in the active profile (MEDCOT_PROFILE), else ./artifacts.
-
-    The profile is read as plain YAML: the CLI must not import the Dagster definitions to learn one path.
-    """
+    """--artifacts if given, else the root in the active profile (MEDCOT_PROFILE, read as the pipeline reads it,
+    `extends` included), else ./artifacts. A profile that cannot be read fails naming its file and key."""
     if explicit:
         return Path(explicit).expanduser()
+    # Imported here: pydantic is a fifth of a second, and an explicit path or a typo needs none of it.
+    from medcot_pipeline.profiles import ProfileError, load_profile
+    from medcot_pipeline.settings import ArtifactsSettings
+
     profile = os.environ.get("MEDCOT_PROFILE")
     if profile and Path(profile).is_file():
         try:
-            data = yaml.safe_load(Path(profile).read_text()) or {}
-            root = data["resources"]["artifacts"]["config"]["root"]
-        except (yaml.YAMLError, KeyError, TypeError):
-            root = None
-        if root:
-            return Path(root).expanduser()
-    return Path(DEFAULT_ARTIFACTS_ROOT)
+            return Path(load_profile(profile).resources.artifacts.root).expanduser()
+        except ProfileError as err:
+            raise ModelLoadError(f"MEDCOT_PROFILE: {err}; fix it, or pass --artifacts") from err
+    return Path(ArtifactsSettings().root)  # the artifacts resource's own default
 
 
 def model_argument(value: str, root: Path) -> str:
@@ -88,7 +84,7 @@ def newest_run(stage_dir: Path) -> Path:
 
 def _complete_runs(stage_dir: Path) -> list[Path]:
     # Staging directories start with a dot and are never complete; checkpoints/ holds no run.
-    runs = []
+    runs: list[Path] = []
     for run in stage_dir.iterdir() if stage_dir.is_dir() else []:
         if run.name.startswith(".") or not run.is_dir():
             continue

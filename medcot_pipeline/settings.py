@@ -1,15 +1,22 @@
-"""The settings of each stage, as plain pydantic models: what a profile in profiles/*.yaml may turn.
+"""The settings of each stage and of each shared resource, as plain pydantic models: what a profile in
+profiles/*.yaml may turn, and the table of stages (`StageSettings`, the one place a stage is registered).
 
 Defaults are the seed's real-run settings; `profiles/demo.yaml` shrinks them for a CPU. Nothing here
 imports Dagster: the training process, generation and `medcot ask` read these same models, and the
-Dagster edge (`medcot_pipeline.defs.stages`) turns them into `dg.Config` classes.
+Dagster edge subclasses them (`defs/stages.py`'s `dg.Config` classes, `defs/resources.py`'s resources).
+Declarations only: fields and validators. What a stage computes lives in the modules that compute it,
+which each asset's code version hashes (defs/code_versions.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from medcot_pipeline.artifact_store import CACHE_ENV
+from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 # Not pinned: this machine cannot reach the Hub to read the dataset's current commit. Set `hub_revision` to a
@@ -27,12 +34,12 @@ class RawDatasetSettings(Settings):
     source: Literal["sample", "file", "hub"] = Field(
         default="sample", description="sample: the records bundled in the package; file: `path`; hub: `hub_dataset`."
     )
-    path: Optional[str] = Field(default=None, description="JSON, JSONL, Parquet or CSV file, for source=file.")
+    path: str | None = Field(default=None, description="JSON, JSONL, Parquet or CSV file, for source=file.")
     hub_dataset: str = HUB_DATASET
     hub_config: str = "en"
     hub_split: str = "train"
     hub_revision: str = Field(default=HUB_DATASET_REVISION, description="Dataset commit or tag to load.")
-    max_records: Optional[int] = Field(default=None, ge=1, description="Keep only the first N records.")
+    max_records: int | None = Field(default=None, ge=1, description="Keep only the first N records.")
 
 
 class FormattingSettings(Settings):
@@ -71,7 +78,7 @@ class TrainingSettings(Settings):
         description="Unsloth, packed rows: one flash-varlen call per layer, or one SDPA call per record (Unsloth's own "
         "choice on torch 2.11). Both attend within each record only (benchmarks/train_throughput.py --check-varlen).",
     )
-    eval_steps: Optional[int] = Field(default=50, ge=1, description="Evaluate on the validation split every N steps; null turns it off.")
+    eval_steps: int | None = Field(default=50, ge=1, description="Evaluate on the validation split every N steps; null turns it off.")
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps; a rerun resumes from the last one.")
     save_total_limit: int = Field(default=2, ge=1)
@@ -155,34 +162,34 @@ class GenerationSettings(Settings):
     do_sample: bool = False
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    repetition_penalty: Optional[float] = Field(
+    repetition_penalty: float | None = Field(
         default=None, gt=0, description="Above 1 discourages repeating tokens (transformers' repetition_penalty); unset: none."
     )
-    no_repeat_ngram_size: Optional[int] = Field(
+    no_repeat_ngram_size: int | None = Field(
         default=None, ge=1, description="Never repeat an n-gram of this many tokens (transformers' no_repeat_ngram_size); unset: off."
     )
 
 
 class EvaluationSettings(GenerationSettings):
-    num_questions: Optional[int] = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
+    num_questions: int | None = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
     compare_with_base: bool = True
     # The release gate (evaluation/release_gate.py) reads the 95% paired intervals of fine-tuned minus base;
     # a criterion set to null is not checked. Its decision is shown on rouge_report, hub_release and the card.
     gate_enabled: bool = Field(default=True, description="false: the gate records its numbers but blocks nothing.")
-    gate_rouge_l_lower_bound: Optional[float] = Field(
+    gate_rouge_l_lower_bound: float | None = Field(
         default=0.0, ge=-1, le=1,
         description="The lower end of the 95% interval of fine-tuned minus base ROUGE-L (response) must be at least "
         "this: 0 asks for a detectable improvement.",
     )
-    gate_accuracy_lower_bound: Optional[float] = Field(
+    gate_accuracy_lower_bound: float | None = Field(
         default=-0.05, ge=-1, le=1,
         description="For each benchmark in benchmark_report, the lower end of the 95% interval of the accuracy "
         "difference must be at least this: -0.05 refuses a model that may have lost more than 5 points.",
     )
-    gate_format_compliance_floor: Optional[float] = Field(
+    gate_format_compliance_floor: float | None = Field(
         default=0.9, ge=0, le=1, description="The fine-tuned model's share of well-formed <think>/<response> answers must be at least this."
     )
-    gate_truncation_rate_ceiling: Optional[float] = Field(
+    gate_truncation_rate_ceiling: float | None = Field(
         default=0.1, ge=0, le=1, description="The fine-tuned model's share of answers cut off at the token limit must be at most this."
     )
 
@@ -215,7 +222,7 @@ class BenchmarkQuestionsSettings(Settings):
 class BenchmarkEvaluationSettings(GenerationSettings):
     """How benchmark_report answers: in the model's own format, with room to reason; a cut-off answer counts as wrong."""
 
-    max_questions: Optional[int] = Field(
+    max_questions: int | None = Field(
         default=None, ge=1, description="Questions per benchmark (a seeded sample, the same for both models); null: all."
     )
     seed: int = 3407
@@ -231,3 +238,91 @@ class ReleaseSettings(Settings):
     )
     license: str = "llama3.2"
     commit_message: str = "medcot release"
+
+
+class ArtifactsSettings(Settings):
+    """Where artifacts live (the `artifacts` resource)."""
+
+    root: str = Field(default="artifacts", description="A directory, or s3://bucket/prefix for object storage.")
+    cache_dir: str | None = Field(
+        default=None,
+        description=f"Object-storage roots: this node's copies (default ${CACHE_ENV}, else ~/.cache/medcot/artifacts/<root hash>).",
+    )
+
+
+class BaseModelSettings(Settings):
+    """The model being fine-tuned (the `base_model` resource)."""
+
+    name: str = Field(default=EMBEDDED_SMOLLM2, description="Hub id, local directory, or embedded:smollm2-135m-instruct.")
+    revision: str | None = Field(default=None, description="Hub revision of the base model.")
+    max_seq_length: int = Field(default=1024, ge=16, description="Longest training sequence in tokens.")
+
+
+class HubSettings(Settings):
+    """The Hugging Face Hub (the `hub` resource). No token: it comes from HF_TOKEN where it is used."""
+
+    endpoint: str | None = Field(default=None, description="Another Hub endpoint (HF_ENDPOINT), e.g. a mirror.")
+
+
+class WandbSettings(Settings):
+    """Weights & Biases (the `wandb` resource). No key: it comes from WANDB_API_KEY where it is used."""
+
+    project: str = "medcot"
+    entity: str | None = None
+
+
+class ResourceSettings(Settings):
+    """A profile's `resources:` section, one field per configurable resource."""
+
+    artifacts: ArtifactsSettings = Field(default_factory=ArtifactsSettings)
+    base_model: BaseModelSettings = Field(default_factory=BaseModelSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    wandb: WandbSettings = Field(default_factory=WandbSettings)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage sits in the graph: its asset group, and whether its step holds GPUs."""
+
+    group: str
+    gpu: bool = False
+
+
+class StageSettings(Settings):
+    """A profile's `ops:` section: one field per asset, in graph order, with its settings and its placement.
+
+    The one place a stage is registered: `STAGES` below, the profiles and the Dagster assets all read it.
+    """
+
+    raw_dataset: Annotated[RawDatasetSettings, Placement("data")] = Field(default_factory=RawDatasetSettings)
+    benchmark_questions: Annotated[BenchmarkQuestionsSettings, Placement("data")] = Field(default_factory=BenchmarkQuestionsSettings)
+    formatted_splits: Annotated[FormattingSettings, Placement("data")] = Field(default_factory=FormattingSettings)
+    lora_adapter: Annotated[TrainingSettings, Placement("model", gpu=True)] = Field(default_factory=TrainingSettings)
+    merged_model: Annotated[MergeSettings, Placement("model", gpu=True)] = Field(default_factory=MergeSettings)
+    rouge_report: Annotated[EvaluationSettings, Placement("evaluation", gpu=True)] = Field(default_factory=EvaluationSettings)
+    benchmark_report: Annotated[BenchmarkEvaluationSettings, Placement("evaluation", gpu=True)] = Field(
+        default_factory=BenchmarkEvaluationSettings
+    )
+    hub_release: Annotated[ReleaseSettings, Placement("release")] = Field(default_factory=ReleaseSettings)
+
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str
+    settings: type[Settings]
+    group: str
+    gpu: bool
+
+
+def _stage_table() -> dict[str, Stage]:
+    table = {}
+    for asset, field in StageSettings.model_fields.items():
+        placement = next((item for item in field.metadata if isinstance(item, Placement)), None)
+        if placement is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Settings)):
+            raise TypeError(f"StageSettings.{asset} must be declared as Annotated[<a Settings class>, Placement(group)]")
+        table[asset] = Stage(asset, field.annotation, placement.group, placement.gpu)
+    return table
+
+
+# asset name -> Stage, in graph order.
+STAGES: dict[str, Stage] = _stage_table()

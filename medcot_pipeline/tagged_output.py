@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, RESPONSE_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -78,7 +79,7 @@ def _tag_problems(text: str, matches: list[re.Match]) -> list[str]:
 
     if text[: matches[0].start()].strip():
         problems.append(f"text before {tags[0]}")
-    for before, after in zip(matches, matches[1:]):
+    for before, after in pairwise(matches):
         if before.group() == THINK_CLOSE and after.group() == RESPONSE_OPEN and text[before.end() : after.start()].strip():
             problems.append(f"text between {THINK_CLOSE} and {RESPONSE_OPEN}")
     if tags[-1] == RESPONSE_CLOSE and text[matches[-1].end() :].strip():

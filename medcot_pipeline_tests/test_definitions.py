@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from medcot_pipeline.defs.profiles import DEFAULT_PROFILE
+from medcot_pipeline.profiles import DEFAULT_PROFILE
 from medcot_pipeline_tests.pipeline_harness import ASSETS, SPINE, load_defs
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from medcot_pipeline import data_parallel
-from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
-from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
+from medcot_pipeline.defs.stages import TrainingConfig
+from medcot_pipeline.profiles import PROFILES_DIR, ProfileError, load_profile
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import distributed, recipe
 from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, materialized_in, step_errors, tiny_profile, write_profile
@@ -101,12 +101,12 @@ def test_a_gpu_count_that_cannot_share_the_batch_fails_at_launch(tmp_path):
     profile.write_text(yaml.safe_dump({"ops": {"lora_adapter": {"config": {
         "per_device_train_batch_size": 24, "gradient_accumulation_steps": 1, "num_gpus": 5}}}}))
     with pytest.raises(ProfileError, match=f"{profile}: ops.lora_adapter.config.num_gpus: Value error, the global batch of 24"):
-        read_profile(profile)
+        load_profile(profile)
     # From the Launchpad or `-c` run config: the asset's config rejects it before the step starts.
-    h100 = read_profile(PROFILES_DIR / "h100.yaml")
+    h100 = load_profile(PROFILES_DIR / "h100.yaml").stages.lora_adapter.model_dump()
     with pytest.raises(pydantic.ValidationError, match="num_gpus"):
-        config_class("lora_adapter", h100)(num_gpus=5)
-    assert config_class("lora_adapter", h100)(num_gpus=4).num_gpus == 4
+        TrainingConfig(**{**h100, "num_gpus": 5})
+    assert TrainingConfig(**{**h100, "num_gpus": 4}).num_gpus == 4
     # num_gpus: 0 and 1 never fail here (0 is resolved on the host, from the visible GPUs).
     assert TrainingSettings(per_device_train_batch_size=5, gradient_accumulation_steps=1, num_gpus=0).num_gpus == 0
 
@@ -124,15 +124,15 @@ def test_each_process_runs_its_share():
 
 
 def test_the_multi_gpu_profile_is_h100_on_every_gpu():
-    """h100-multi.yaml differs from h100.yaml in num_gpus only, so a change to h100's training values must be made in both."""
-    h100, multi = read_profile(PROFILES_DIR / "h100.yaml"), read_profile(PROFILES_DIR / "h100-multi.yaml")
-    assert multi.ops["lora_adapter"]["num_gpus"] == 0
-    assert {**multi.ops["lora_adapter"], "num_gpus": h100.ops["lora_adapter"].get("num_gpus", 1)} == {
-        **h100.ops["lora_adapter"], "num_gpus": h100.ops["lora_adapter"].get("num_gpus", 1)
-    }, "profiles/h100-multi.yaml must keep h100.yaml's training values (see its header)"
-    assert {k: v for k, v in multi.ops.items() if k != "lora_adapter"} == {k: v for k, v in h100.ops.items() if k != "lora_adapter"}
+    """h100-multi.yaml extends h100.yaml and differs from it in num_gpus only, so a change to h100 carries over."""
+    h100, multi = load_profile(PROFILES_DIR / "h100.yaml"), load_profile(PROFILES_DIR / "h100-multi.yaml")
+    assert multi.files == (PROFILES_DIR / "h100-multi.yaml", PROFILES_DIR / "h100.yaml")
+    assert multi.stages.lora_adapter.num_gpus == 0
+    assert multi.stages.model_dump() == h100.stages.model_copy(
+        update={"lora_adapter": h100.stages.lora_adapter.model_copy(update={"num_gpus": 0})}
+    ).model_dump()
     assert multi.resources == h100.resources
-    training = profile_settings("lora_adapter", multi)
+    training = multi.stages.lora_adapter
     rows = training.per_device_train_batch_size * training.gradient_accumulation_steps
     for gpus in (1, 2, 4, 8):  # the hosts the device pool lends, and an 8-GPU node
         assert data_parallel.split_global_batch(training.per_device_train_batch_size, training.gradient_accumulation_steps, gpus).global_batch == rows

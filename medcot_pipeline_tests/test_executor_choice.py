@@ -24,8 +24,9 @@ def test_gpu_steps_ask_ray_for_gpus_from_the_profile_and_cpu_steps_for_a_cpu(tmp
     profile = tiny_profile(tmp_path / "model", tmp_path / "artifacts", lora_adapter={"num_gpus": 2})
     tags = ray_tags(load_defs(write_profile(tmp_path / "two_gpus.yaml", profile)))
     assert tags == {
-        "raw_dataset": {"num_cpus": 1}, "formatted_splits": {"num_cpus": 1}, "hub_release": {"num_cpus": 1},
-        "lora_adapter": {"num_gpus": 2}, "merged_model": {"num_gpus": 1}, "rouge_report": {"num_gpus": 1},
+        "raw_dataset": {"num_cpus": 1}, "benchmark_questions": {"num_cpus": 1}, "formatted_splits": {"num_cpus": 1},
+        "hub_release": {"num_cpus": 1}, "lora_adapter": {"num_gpus": 2}, "merged_model": {"num_gpus": 1},
+        "rouge_report": {"num_gpus": 1}, "benchmark_report": {"num_gpus": 1},
     }
 
 

@@ -205,15 +205,15 @@ def test_profile_defaults_keep_the_config_constraints():
     """The Config classes built from a profile still reject out-of-range run config, before any step starts."""
     import pydantic
 
-    from medcot_pipeline.defs.profiles import DEFAULT_PROFILE
-    from medcot_pipeline.defs.stages import config_class, read_profile
+    from medcot_pipeline.defs.stages import CONFIG_CLASSES
+    from medcot_pipeline.profiles import DEFAULT_PROFILE, load_profile
 
-    profile = read_profile(DEFAULT_PROFILE)
+    profile = load_profile(DEFAULT_PROFILE)
     for asset, field, value in (("lora_adapter", "max_steps", -1), ("formatted_splits", "validation_size", 0),
                                 ("rouge_report", "batch_size", 0)):
-        assert field in profile.ops[asset], f"demo.yaml no longer sets {asset}.{field}"
+        assert field in profile.stage(asset).model_fields_set, f"demo.yaml no longer sets {asset}.{field}"
         with pytest.raises(pydantic.ValidationError, match=field):
-            config_class(asset, profile)(**{field: value})
+            CONFIG_CLASSES[asset](**{**profile.stage(asset).model_dump(), field: value})
 
 
 def test_a_bad_profile_stops_the_cli_at_launch_naming_file_and_key(tmp_path):

@@ -166,7 +166,7 @@ def test_cli_refuses_a_token_in_the_config_file_before_anything_is_stored(tmp_pa
 
     assert result.returncode != 0
     assert last_line(result) == (
-        f"medcot_pipeline.defs.profiles.ProfileError: {config}: resources.hub.config.token: "
+        f"medcot_pipeline.profiles.ProfileError: {config}: resources.hub.config.token: "
         "secrets come from the environment (HF_TOKEN), never from a profile or run config"
     )
     assert list(instance_at(home).get_runs()) == []
@@ -183,7 +183,7 @@ def test_cli_refuses_an_out_of_range_value_at_launch_naming_file_and_key(tmp_pat
 
     assert result.returncode != 0
     assert last_line(result) == (
-        f"medcot_pipeline.defs.profiles.ProfileError: {config}: ops.formatted_splits.config.validation_size: "
+        f"medcot_pipeline.profiles.ProfileError: {config}: ops.formatted_splits.config.validation_size: "
         "Input should be greater than or equal to 1 (got -3)"
     )
     assert list(instance_at(home).get_runs()) == []

@@ -15,7 +15,13 @@ BIN=$(dirname "$PY")
 
 started=$SECONDS
 run_id=$("$PY" -c 'import uuid; print(uuid.uuid4())')
-"$BIN/dagster" job launch -j medcot_pipeline -c "$MEDCOT_PROFILE" --run-id "$run_id"
+# The run's config is the profile resolved (`extends` applied), which is what Dagster's -c takes.
+run_config=$(mktemp --suffix=.yaml)
+status=0
+"$PY" -m medcot_pipeline.profiles "$MEDCOT_PROFILE" >"$run_config" \
+  && "$BIN/dagster" job launch -j medcot_pipeline -c "$run_config" --run-id "$run_id" || status=$?
+rm -f "$run_config"
+[ "$status" = 0 ] || exit "$status"
 daemon=""
 start_daemon() {
   setsid "$BIN/dagster-daemon" run &  # its own process group, so it and its code server stop together

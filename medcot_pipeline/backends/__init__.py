@@ -51,7 +51,7 @@ class Backend(ABC):
     # transformers copy's too); grading's merged copy then decodes with a dynamic KV cache, not a compiled static one.
     patches_every_model: ClassVar[bool]
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - an optional hook: a backend that patches nothing keeps this no-op
         """What must happen before transformers, TRL and PEFT are imported: nothing, unless a backend patches them."""
 
     def load_for_training(self, base_model: str, settings, max_seq_length: int):

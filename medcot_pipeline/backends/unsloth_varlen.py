@@ -29,7 +29,7 @@ def _counting(route: str, fn):
         _COUNTS[route] += 1
         return fn(*args, **kwargs)
 
-    wrapper._medcot_counting = True
+    wrapper._medcot_counting = True  # type: ignore[attr-defined]  # our mark on the wrapper, so it is never wrapped twice
     return wrapper
 
 

@@ -51,7 +51,7 @@ def _medqa_row(record: dict) -> dict:
 
 
 def _medmcqa_row(record: dict) -> dict:
-    options = {letter: record[key] for letter, key in zip(LETTERS, ("opa", "opb", "opc", "opd"))}
+    options = {letter: record[key] for letter, key in zip(LETTERS, ("opa", "opb", "opc", "opd"), strict=False)}  # MedMCQA has four of the five
     correct = record["cop"]
     return {
         "id": record.get("id"),
@@ -102,7 +102,7 @@ class LoadedBenchmark:
 
 def load_sample() -> LoadedBenchmark:
     """The bundled stand-in: the same shape as a real benchmark, and never mistaken for one."""
-    path = Path(str(files("medcot_pipeline").joinpath("sample_data", SAMPLE_FILE)))
+    path = Path(str(files("medcot_pipeline") / "sample_data" / SAMPLE_FILE))
     with open(path, encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle if line.strip()]
     rows, skipped = to_frame(SAMPLE, records, str(path))

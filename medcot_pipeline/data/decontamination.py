@@ -120,7 +120,7 @@ def decontaminate(records: Sequence[Sequence[str]], references: Mapping[str, Seq
 def split_references(validation, benchmark_questions) -> dict[str, list[str]]:
     """What training records are checked against: each held-out record (question and answer) and each benchmark's
     questions (`benchmark:<name>`), from the validation split and benchmark_questions' table."""
-    references = {"validation": [f"{q}\n{r}" for q, r in zip(validation["question"], validation["response"])]}
+    references = {"validation": [f"{q}\n{r}" for q, r in zip(validation["question"], validation["response"], strict=True)]}
     for name, group in benchmark_questions.groupby("benchmark", sort=False):
         references[f"benchmark:{name}"] = group["question"].tolist()
     return references

@@ -23,7 +23,7 @@ TEXT_COLUMNS = RAW_COLUMNS + MULTIPLE_CHOICE_COLUMNS
 def sample_path() -> Path:
     """The records bundled with the package (the embedded default, no network needed)."""
     # The package is installed as a directory (not a zip), so the resource is a real file.
-    return Path(str(files("medcot_pipeline").joinpath("sample_data", SAMPLE_FILE)))
+    return Path(str(files("medcot_pipeline") / "sample_data" / SAMPLE_FILE))
 
 
 def load_records(config: RawDatasetSettings) -> tuple[pd.DataFrame, DatasetProvenance]:
@@ -203,7 +203,7 @@ def json_lines(text: str) -> list[str]:
 
 
 def _parse_json_lines(path: Path, text: str) -> list[dict]:
-    records = []
+    records: list[dict] = []
     for line_number, line in enumerate(json_lines(text), start=1):
         if not line.strip():
             continue

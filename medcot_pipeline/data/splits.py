@@ -19,8 +19,8 @@ def format_records(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cleaned record: question, reasoning, response, the training target, MCQ metadata."""
     require_columns(df, RAW_COLUMNS, "cannot format records")
     questions, reasonings, responses = (df[column].tolist() for column in RAW_COLUMNS)
-    for row, texts in enumerate(zip(questions, reasonings, responses)):
-        for field, text in zip(RAW_COLUMNS, texts):
+    for row, texts in enumerate(zip(questions, reasonings, responses, strict=True)):
+        for field, text in zip(RAW_COLUMNS, texts, strict=True):
             if not isinstance(text, str) or not text:
                 raise DatasetError(f"row {row}: {field} is not a non-empty string; run clean_records first")
             tag = next((tag for tag in TAGS if tag in text), None)
@@ -32,7 +32,7 @@ def format_records(df: pd.DataFrame) -> pd.DataFrame:
             "question": questions,
             "reasoning": reasonings,
             "response": responses,
-            "target": [build_target(reasoning, response) for reasoning, response in zip(reasonings, responses)],
+            "target": [build_target(reasoning, response) for reasoning, response in zip(reasonings, responses, strict=True)],
         }
     )
     for column in MULTIPLE_CHOICE_COLUMNS:
@@ -60,7 +60,7 @@ def split_train_validation(
     # The smallest spelling stands for each question: its key does not depend on row order, and data without variants
     # keeps the split it had before questions were compared by key.
     spelling: dict[str, str] = {}
-    for question, key in zip(questions, compared):
+    for question, key in zip(questions, compared, strict=True):
         spelling[key] = min(spelling.get(key, question), question)
     keys = [_split_key(seed, spelling[key]) for key in compared]
     distinct = sorted(set(keys))
@@ -102,4 +102,4 @@ def _none_if_missing(value):
 
 
 def _split_key(seed: int, question: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{question}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{question}".encode()).hexdigest()

@@ -20,7 +20,7 @@ def record_token_lengths(tokenizer, df: pd.DataFrame) -> list[int]:
     plain prompt and the completion (target + eos) are tokenized as one text, BOS added.
     """
     texts, add_special_tokens = [], True
-    for question, target in zip(df["question"].tolist(), df["target"].tolist()):
+    for question, target in zip(df["question"].tolist(), df["target"].tolist(), strict=True):
         example = training_example(tokenizer, question, target)
         if isinstance(example["prompt"], list):
             add_special_tokens = False

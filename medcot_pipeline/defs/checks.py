@@ -5,16 +5,17 @@ a tolerance changed in the launchpad is the tolerance the gate applies.
 """
 
 import re
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from medcot_pipeline.contracts import BenchmarkQuestions, BenchmarkReport, EvaluationReport, SplitsSummary
 from medcot_pipeline.data import benchmarks, decontamination, raw_parquet
-from medcot_pipeline.evaluation.release_gate import decide
-from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.data.schema import RAW_COLUMNS, read_split
 from medcot_pipeline.data.text_comparison import comparison_key
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.tagged_output import parse_tagged_output
 
 
@@ -136,7 +137,7 @@ def release_gate(rouge_report: str, benchmark_report: str) -> dg.AssetCheckResul
                       f"{report.merged_model_dir}: materialize both again so the gate judges one model"},
         )
     decision = decide(report, benchmark)
-    metadata = {
+    metadata: dict[str, Any] = {
         "decision": gate_headline(decision),
         "criteria": dg.MetadataValue.md(markdown_table(gate_rows(decision))),
         "status": decision.status,

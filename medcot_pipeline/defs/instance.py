@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 import yaml
@@ -26,8 +26,8 @@ from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 from dagster._serdes import ConfigurableClassData
 
 from medcot_pipeline.defs import run_workers
-from medcot_pipeline.defs.profiles import SECRET_ENV
 from medcot_pipeline.defs.run_config_checks import secret_paths
+from medcot_pipeline.profiles import SECRET_ENV
 
 logger = logging.getLogger(__name__)
 # Dagster's engine event, at DEBUG, for a step that could not claim a pool slot ("Step still blocked ..." repeats it).
@@ -48,7 +48,7 @@ class SecretInRunConfigError(dg.DagsterError):
         )
 
 
-def refuse_secrets(run_config: Optional[Mapping[str, Any]]) -> None:
+def refuse_secrets(run_config: Mapping[str, Any] | None) -> None:
     paths = secret_paths(run_config or {})
     if paths:
         raise SecretInRunConfigError(paths)
@@ -67,7 +67,7 @@ class MedcotInstance(dg.DagsterInstance):
         return {}
 
     @staticmethod
-    def config_defaults(base_dir: str) -> dict:
+    def config_defaults(base_dir: str) -> Mapping[str, Any]:
         from dagster._core.instance.ref import InstanceRef
 
         defaults = dict(InstanceRef.config_defaults(base_dir))
@@ -81,9 +81,9 @@ class MedcotInstance(dg.DagsterInstance):
         refuse_secrets(run_config)
         return super().create_run(run_config=run_config, **kwargs)
 
-    def create_run_for_job(self, job_def, execution_plan=None, run_id=None, run_config=None, **kwargs) -> dg.DagsterRun:
+    def create_run_for_job(self, job_def, execution_plan=None, run_id=None, run_config=None, *args, **kwargs) -> dg.DagsterRun:
         refuse_secrets(run_config)
-        return super().create_run_for_job(job_def, execution_plan, run_id, run_config, **kwargs)
+        return super().create_run_for_job(job_def, execution_plan, run_id, run_config, *args, **kwargs)
 
     def create_reexecuted_run(self, *, run_config=None, **kwargs) -> dg.DagsterRun:
         refuse_secrets(run_config)
@@ -113,7 +113,7 @@ class MedcotInstance(dg.DagsterInstance):
         except Exception:  # noqa: BLE001 - bookkeeping about a run must never fail the run itself
             logger.exception("medcot could not record or explain %s of run %s", dagster_event.event_type_value, event.run_id)
 
-    def _explain_pool_wait(self, run_id: str, step_key: Optional[str], pool: str) -> None:
+    def _explain_pool_wait(self, run_id: str, step_key: str | None, pool: str) -> None:
         """Say at INFO what a blocked step waits for, after giving back the slots of holders that can no longer use
         them; while live runs hold the pool, keep checking them (Dagster repeats its own message only every 5 min)."""
         freed, waits_on = self._give_back_unusable_slots(pool, run_id)
@@ -156,7 +156,7 @@ class MedcotInstance(dg.DagsterInstance):
             waits_on.append(f"run {holder_id[:8]}'s {steps_text}{run_workers.holder_note(self, holder)}")
         return freed, waits_on
 
-    def _watch_pool(self, run_id: str, step_key: Optional[str], pool: str) -> None:
+    def _watch_pool(self, run_id: str, step_key: str | None, pool: str) -> None:
         """Until the blocked step starts (or its run ends): every POOL_WATCH_SECONDS, give back what a holder that died
         since can no longer use, and say so."""
         try:
@@ -175,10 +175,10 @@ class MedcotInstance(dg.DagsterInstance):
         finally:
             self.__dict__.get("_medcot_pool_watchers", set()).discard((run_id, step_key, pool))
 
-    def _step_started(self, run_id: str, step_key: Optional[str]) -> bool:
+    def _step_started(self, run_id: str, step_key: str | None) -> bool:
         return any(entry.step_key == step_key for entry in self.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START))
 
-    def _report(self, run_id: str, message: str, step_key: Optional[str]) -> None:
+    def _report(self, run_id: str, message: str, step_key: str | None) -> None:
         run = self.get_run_by_id(run_id)
         if run is not None:
             self.report_engine_event(message, run, step_key=step_key)
@@ -193,7 +193,7 @@ class LockedSqliteStorage(DagsterSqliteStorage):
     """
 
     @classmethod
-    def from_config_value(cls, inst_data, config_value) -> "LockedSqliteStorage":
+    def from_config_value(cls, inst_data, config_value) -> LockedSqliteStorage:
         from filelock import FileLock
 
         base_dir = config_value["base_dir"]

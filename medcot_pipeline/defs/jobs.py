@@ -7,7 +7,6 @@ import dagster as dg
 from medcot_pipeline.defs.run_config_checks import run_config_checked
 from medcot_pipeline.defs.stages import GPU_TAG_KEY, PROFILE_RUN_TAGS, STAGES
 
-
 # A GPU step holds the host's GPUs: merging, evaluation and one-GPU training run on the first visible GPU,
 # data-parallel training on all of them. Two GPU steps at once would share a card, so a run starts one at a
 # time, and the `gpu` pool (dagster_home/dagster.yaml, limit 1) makes other runs' GPU steps wait for it.
@@ -57,7 +56,7 @@ def ray_cluster_executor() -> dg.ExecutorDefinition:
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         raise ValueError(f"{EXECUTOR_ENV}=ray needs RAY_ADDRESS, the Ray dashboard's address (e.g. http://ray-head:8265)")
-    from medcot_pipeline.defs.profiles import active_profile_path
+    from medcot_pipeline.profiles import active_profile_path
 
     # The node loads the profile this process loaded; the path must exist there (profiles ship with the code).
     forwarded = [f"MEDCOT_PROFILE={active_profile_path().resolve()}", *(name for name in RAY_FORWARDED_ENV if os.environ.get(name))]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 
@@ -28,7 +28,7 @@ def table_cell(text: Any) -> str:
     return escape_markdown(" ".join(str(text).split())).replace("|", "\\|")
 
 
-def shorten(text: Optional[str], width: int) -> str:
+def shorten(text: str | None, width: int) -> str:
     """`text` on one line, cut at the last word boundary before `width` with an ellipsis (never mid-word)."""
     flat = " ".join((text or "").split())
     if len(flat) <= width:
@@ -39,7 +39,7 @@ def shorten(text: Optional[str], width: int) -> str:
     return cut.rstrip(" ,;:.") + ELLIPSIS
 
 
-def rounded(value: Optional[float], digits: int = 4) -> Optional[float]:
+def rounded(value: float | None, digits: int = 4) -> float | None:
     """A float to `digits` significant digits (1.2e-05 stays 1.2e-05, 0.10848 becomes 0.1085)."""
     if value is None or isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value) or value == 0:
         return value
@@ -92,7 +92,7 @@ def read_samples(samples_path: Path) -> dict[int, dict[str, dict]]:
     return dict(sorted(by_question.items()))
 
 
-def _answer_text(sample: Optional[dict]) -> str:
+def _answer_text(sample: dict | None) -> str:
     """What was graded (the <response>, or the whole output of a model without tags), or a note saying why not."""
     if sample is None:
         return "(not run)"
@@ -100,7 +100,7 @@ def _answer_text(sample: Optional[dict]) -> str:
     return text if text.strip() else "(empty answer)"
 
 
-def _score(sample: Optional[dict]) -> Optional[float]:
+def _score(sample: dict | None) -> float | None:
     return None if sample is None else rounded(sample.get("rouge_l_response"), 3)
 
 
@@ -178,12 +178,12 @@ def answers_side_by_side(samples_path: Path, limit: int = 5) -> dg.MetadataValue
     return dg.MetadataValue.md("\n\n".join(parts))
 
 
-def _cell_text(text: Optional[str]) -> str:
+def _cell_text(text: str | None) -> str:
     # A markdown table cell holds one line: paragraphs run together, tags stay visible.
     return table_cell(text) if text and str(text).strip() else "_(empty)_"
 
 
-def _paragraphs(text: Optional[str]) -> str:
+def _paragraphs(text: str | None) -> str:
     """Text as markdown paragraphs with its line breaks kept and its tags visible."""
     if not text or not str(text).strip():
         return "_(empty)_"

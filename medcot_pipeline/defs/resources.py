@@ -1,17 +1,20 @@
-"""Swappable infrastructure: where artifacts live (and how assets hand them on), which base model, the Hub, and W&B."""
+"""Swappable infrastructure: where artifacts live (and how assets hand them on), which base model, the Hub, and W&B.
+
+Each resource subclasses its settings model in `settings.py` (its fields, their defaults and limits), so a
+profile's `resources:` section is validated without Dagster and a resource's config is that model as is.
+"""
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import dagster as dg
-from pydantic import Field
 
-from medcot_pipeline.artifact_store import CACHE_ENV, ArtifactDamagedError, ArtifactError, ArtifactRoot, CheckpointMirror
-from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
+from medcot_pipeline.artifact_store import ArtifactDamagedError, ArtifactError, ArtifactRoot, CheckpointMirror
 from medcot_pipeline.contracts import BaseModelRef
 from medcot_pipeline.model_paths import ModelLoadError, check_model_files
+from medcot_pipeline.settings import ArtifactsSettings, BaseModelSettings, HubSettings, ResourceSettings, WandbSettings
 
 # Input metadata (`dg.AssetIn(metadata=VERIFY_SHA256)`) of an asset that must read its upstream's exact bytes (a
 # merge, a release): every file's sha256 is checked against the manifest, not only its size.
@@ -24,7 +27,7 @@ def verified_inputs(*names: str) -> dict[str, dg.AssetIn]:
     return {name: dg.AssetIn(metadata=VERIFY_SHA256) for name in names}
 
 
-class ArtifactStore(dg.ConfigurableResource):
+class ArtifactStore(dg.ConfigurableResource, ArtifactsSettings):
     """Where artifacts live: a local directory (default) or object storage (`s3://bucket/prefix`).
 
     Each materialization gets its own version, `<root>/<asset>/<run id>/`, that appears whole or not at all:
@@ -34,12 +37,6 @@ class ArtifactStore(dg.ConfigurableResource):
     Credentials for object storage come from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     AWS_ENDPOINT_URL for S3-compatible servers).
     """
-
-    root: str = Field(default="artifacts", description="A directory, or s3://bucket/prefix for object storage.")
-    cache_dir: Optional[str] = Field(
-        default=None,
-        description=f"Object-storage roots: this node's copies (default ${CACHE_ENV}, else ~/.cache/medcot/artifacts/<root hash>).",
-    )
 
     def store(self) -> ArtifactRoot:
         return ArtifactRoot(self.root, self.cache_dir)
@@ -62,7 +59,7 @@ class ArtifactStore(dg.ConfigurableResource):
         """Where a local artifact path is stored (itself on a local root, its s3:// URL on object storage)."""
         return self.store().location_of(local)
 
-    def fetch_checkpoints(self, local_dir: Path, log) -> Optional[str]:
+    def fetch_checkpoints(self, local_dir: Path, log) -> str | None:
         """On object storage: fetch the newest checkpoint any node committed for `local_dir` into it (a rerun here
         resumes from it) and return the location where training commits its checkpoints; None on a local root."""
         store = self.store()
@@ -119,12 +116,8 @@ class ArtifactPathIOManager(dg.ConfigurableIOManager):
         return str(local)
 
 
-class BaseModelResource(dg.ConfigurableResource):
+class BaseModelResource(dg.ConfigurableResource, BaseModelSettings):
     """The model being fine-tuned: a Hub id, a local checkpoint, or the embedded SmolLM2."""
-
-    name: str = Field(default=EMBEDDED_SMOLLM2, description="Hub id, local directory, or embedded:smollm2-135m-instruct.")
-    revision: Optional[str] = Field(default=None, description="Hub revision of the base model.")
-    max_seq_length: int = Field(default=1024, ge=16, description="Longest training sequence in tokens.")
 
     def resolve(self, artifacts: ArtifactStore) -> str:
         """A reference from_pretrained accepts (the embedded model is converted once, then cached)."""
@@ -142,7 +135,7 @@ class BaseModelResource(dg.ConfigurableResource):
         return load_tokenizer(self.resolve(artifacts), revision=self.revision)
 
 
-class HubResource(dg.ConfigurableResource):
+class HubResource(dg.ConfigurableResource, HubSettings):
     """The Hugging Face Hub. The token is read from HF_TOKEN where it is used, never configured.
 
     `token` is deliberately not a config field: Dagster then rejects `resources: hub: config: token:` in the
@@ -150,10 +143,8 @@ class HubResource(dg.ConfigurableResource):
     its config are stored. For the rest, see defs/run_config_checks.py.
     """
 
-    endpoint: Optional[str] = Field(default=None, description="Another Hub endpoint (HF_ENDPOINT), e.g. a mirror.")
-
     @property
-    def token(self) -> Optional[str]:
+    def token(self) -> str | None:
         """HF_TOKEN from the environment of the step; None means 'stage, do not push'."""
         return dg.EnvVar("HF_TOKEN").get_value() or None
 
@@ -167,17 +158,14 @@ class HubResource(dg.ConfigurableResource):
         return self.api().dataset_info(repo_id).sha
 
 
-class WandbResource(dg.ConfigurableResource):
+class WandbResource(dg.ConfigurableResource, WandbSettings):
     """Weights & Biases: offline run files under the artifacts root unless WANDB_API_KEY is in the environment.
 
     Like the Hub token, the key is no config field: Dagster refuses it in the run config of any run that uses W&B.
     """
 
-    project: str = "medcot"
-    entity: Optional[str] = None
-
     @property
-    def api_key(self) -> Optional[str]:
+    def api_key(self) -> str | None:
         return dg.EnvVar("WANDB_API_KEY").get_value() or None
 
     @property
@@ -192,20 +180,22 @@ class WandbResource(dg.ConfigurableResource):
         return {"WANDB_API_KEY": self.api_key} if self.api_key else {}
 
 
-RESOURCE_TYPES = {"artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource}
+RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
+    "artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource,
+}
 
 
-def build_resources(values: dict[str, dict]) -> dict:
-    """The resources, configured from a profile's `resources:` section; secrets only from the environment."""
+def build_resources(settings: ResourceSettings) -> dict:
+    """The resources, configured from a profile's resource settings; secrets only from the environment."""
     # Configured at launch with the profile's values as defaults, so that the IO manager depends on the run's
     # `artifacts` resource by key (a fully configured copy would keep the profile's root whatever the run says).
-    artifacts = ArtifactStore.configure_at_launch(**values.get("artifacts", {}))
+    artifacts = ArtifactStore.configure_at_launch(**settings.artifacts.model_dump())
     return {
         "artifacts": artifacts,
         "io_manager": ArtifactPathIOManager(artifacts=artifacts),
-        "base_model": BaseModelResource(**values.get("base_model", {})),
+        "base_model": BaseModelResource(**settings.base_model.model_dump()),
         # Their secrets come from the environment when used (HF_TOKEN, WANDB_API_KEY), never from config.
-        "hub": HubResource(**values.get("hub", {})),
-        "wandb": WandbResource(**values.get("wandb", {})),
+        "hub": HubResource(**settings.hub.model_dump()),
+        "wandb": WandbResource(**settings.wandb.model_dump()),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

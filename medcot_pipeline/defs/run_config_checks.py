@@ -21,13 +21,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 import pydantic
 
-from medcot_pipeline.defs.profiles import SECRET_FIELDS
 from medcot_pipeline.defs.resources import RESOURCE_TYPES
+from medcot_pipeline.profiles import SECRET_FIELDS
 from medcot_pipeline.settings import Settings
 
 
@@ -35,7 +35,7 @@ class RunConfigError(dg.DagsterError):
     """Run config that breaks a limit of a settings model or carries a secret; the message names the key."""
 
 
-def command_line_config_files(argv: Optional[list[str]] = None) -> tuple[Path, ...]:
+def command_line_config_files(argv: list[str] | None = None) -> tuple[Path, ...]:
     """The files given with -c/--config when this process is the dagster CLI (`dagster asset materialize ...`).
 
     Dagster hands a run its parsed config, never the files it came from; the CLI loads the code location in
@@ -141,9 +141,11 @@ class RunConfigCheckedExecutor(dg.Executor):
 def run_config_checked(executor: dg.ExecutorDefinition, op_settings: Mapping[str, type[Settings]]) -> dg.ExecutorDefinition:
     """`executor` (same name, config and requirements) that checks the run config before its first step."""
     create = executor.executor_creation_fn
+    if create is None:
+        raise ValueError(f"executor {executor.name} has no executor_creation_fn to wrap")
     return dg.ExecutorDefinition(
         name=executor.name,
-        config_schema=executor.config_schema,
+        config_schema=executor.config_schema.as_field(),
         requirements=executor.get_requirements,
         executor_creation_fn=lambda init_context: RunConfigCheckedExecutor(create(init_context), op_settings),
         description=executor.description,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Optional
 
 import dagster as dg
 import psutil
@@ -37,7 +36,7 @@ class WorkerIdentity:
         return f"{self.host} {self.pid} {self.started:.2f} {self.boot:.0f}"
 
     @classmethod
-    def parse(cls, value: str) -> Optional["WorkerIdentity"]:
+    def parse(cls, value: str) -> WorkerIdentity | None:
         try:
             host, pid, started, boot = value.split(" ")
             return cls(host, int(pid), float(started), float(boot))
@@ -45,7 +44,7 @@ class WorkerIdentity:
             return None
 
     @classmethod
-    def current(cls) -> "WorkerIdentity":
+    def current(cls) -> WorkerIdentity:
         return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time(), psutil.boot_time())
 
     def is_here(self) -> bool:
@@ -58,7 +57,7 @@ class WorkerIdentity:
         return _pid_started_at(self.pid, self.started)
 
 
-def _pid_started_at(pid: int, started: Optional[float]) -> bool:
+def _pid_started_at(pid: int, started: float | None) -> bool:
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
@@ -70,7 +69,7 @@ def _pid_started_at(pid: int, started: Optional[float]) -> bool:
         return True
 
 
-def worker_of(run: dg.DagsterRun) -> Optional[WorkerIdentity]:
+def worker_of(run: dg.DagsterRun) -> WorkerIdentity | None:
     value = run.tags.get(WORKER_TAG)
     return WorkerIdentity.parse(value) if value else None
 
@@ -86,6 +85,8 @@ def running_step_processes(instance: dg.DagsterInstance, run_id: str) -> list[tu
         run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
     ):
         event = entry.dagster_event
+        if event is None or entry.step_key is None:  # of_type keeps step events, which carry both
+            continue
         if event.event_type == dg.DagsterEventType.STEP_START and event.pid is not None:
             started[entry.step_key] = (event.pid, entry.timestamp)
         else:
@@ -103,7 +104,7 @@ def running_step_processes(instance: dg.DagsterInstance, run_id: str) -> list[tu
     return alive
 
 
-def dead_run_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Optional[str]:
+def dead_run_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
     """Why an unfinished run is dead (its worker is gone and none of its step processes runs), or None when it lives
     or cannot be judged here (no worker tag, or a worker on another host)."""
     if run.is_finished:

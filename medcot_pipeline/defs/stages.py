@@ -1,29 +1,28 @@
-"""The table of stages, and what the active profile makes of it.
+"""The stages as Dagster assets: each stage's config class, and what the active profile makes of the stage table.
 
-Each asset is one stage: its settings model, its group, whether it holds a GPU. The active profile
-(MEDCOT_PROFILE, default profiles/demo.yaml) is read once, when the code location loads: its values
-become the defaults of each asset's config (what the UI's Materialize buttons run), and each asset's
-code version hashes its code and its own settings, so changing only the evaluation settings marks
-only rouge_report stale, and Dagster reruns exactly that.
+The stages themselves (settings model, group, GPU) are registered once, in `settings.StageSettings`. The
+active profile (MEDCOT_PROFILE, default profiles/demo.yaml) is read once, when the code location loads: its
+values become the defaults of each asset's config (what the UI's Materialize buttons and the launchpad run),
+and each asset's code version hashes the code it computes with and its own settings, so changing only the
+evaluation settings marks only rouge_report stale, and Dagster reruns exactly that.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
+import inspect
 import json
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
-import pydantic
-from pydantic.fields import FieldInfo
 
 from medcot_pipeline import settings
 from medcot_pipeline.defs import code_versions
-from medcot_pipeline.defs.profiles import Profile, active_profile_path, load_profile
 from medcot_pipeline.defs.resources import RESOURCE_TYPES
 from medcot_pipeline.defs.run_config_checks import command_line_config_files
+from medcot_pipeline.profiles import EXTENDS, Profile, ProfileError, load_active_profile, load_profile
+from medcot_pipeline.settings import STAGES, Stage
 
 # Steps that hold GPUs (one, or every GPU for data-parallel training): one at a time, within a run by the
 # executor's tag limit (jobs.py) and across runs by the pool, one slot per step (dagster_home/dagster.yaml).
@@ -32,99 +31,127 @@ GPU_TAG = {GPU_TAG_KEY: "true"}
 GPU_POOL = "gpu"
 # dagster-ray's ray_executor reads each step's request to Ray from this op tag (JSON; used only with MEDCOT_EXECUTOR=ray).
 RAY_CONFIG_TAG = "dagster-ray/config"
-# Resources whose settings change what a stage computes (the artifacts root and W&B project do not).
-SETTINGS_RESOURCES = ("base_model",)
-
-
-@dataclass(frozen=True)
-class Stage:
-    asset: str
-    settings: type[settings.Settings]
-    group: str
-    gpu: bool
-
-
-STAGES = {
-    stage.asset: stage
-    for stage in (
-        Stage("raw_dataset", settings.RawDatasetSettings, "data", gpu=False),
-        Stage("benchmark_questions", settings.BenchmarkQuestionsSettings, "data", gpu=False),
-        Stage("formatted_splits", settings.FormattingSettings, "data", gpu=False),
-        Stage("lora_adapter", settings.TrainingSettings, "model", gpu=True),
-        Stage("merged_model", settings.MergeSettings, "model", gpu=True),
-        Stage("rouge_report", settings.EvaluationSettings, "evaluation", gpu=True),
-        Stage("benchmark_report", settings.BenchmarkEvaluationSettings, "evaluation", gpu=True),
-        Stage("hub_release", settings.ReleaseSettings, "release", gpu=False),
-    )
+# Resources that change what a stage computes, by their settings and by their code: both are part of the code
+# version of each asset that takes them. The others say where things go, not what they are.
+COMPUTING_RESOURCES = ("base_model",)
+PLUMBING_RESOURCES = {
+    "artifacts": "where versions are written and read, not what they hold",
+    "io_manager": "hands each asset the location of its inputs",
+    "hub": "where a release is pushed; what is pushed is staged by release/ code",
+    "wandb": "where training metrics are mirrored",
+    "pipes_subprocess_client": "starts the training process; the code it runs (training/run.py) is imported by lora_adapter",
 }
 
+# The config classes: each stage's settings model as a `dg.Config`, so an asset hands its config to the
+# Dagster-free core as is. Their defaults are the settings model's; `stage_asset` gives Dagster the profile's.
+class RawDatasetConfig(dg.Config, settings.RawDatasetSettings):
+    """Where the medical-o1 records come from."""
 
-def read_profile(path) -> Profile:
-    return load_profile(path, {name: stage.settings for name, stage in STAGES.items()}, RESOURCE_TYPES)
+
+class BenchmarkQuestionsConfig(dg.Config, settings.BenchmarkQuestionsSettings):
+    """Which benchmarks' test questions to load, and at which revisions."""
 
 
-PROFILE = read_profile(active_profile_path())
+class FormattingConfig(dg.Config, settings.FormattingSettings):
+    """How records are cleaned, length-checked and split."""
+
+
+class TrainingConfig(dg.Config, settings.TrainingSettings):
+    """LoRA fine-tuning: layout, schedule, evaluation and grading."""
+
+
+class MergeConfig(dg.Config, settings.MergeSettings):
+    """How the adapter is merged into the base weights."""
+
+
+class EvaluationConfig(dg.Config, settings.EvaluationSettings):
+    """How answers are generated and graded, and the release gate's limits."""
+
+
+class BenchmarkEvaluationConfig(dg.Config, settings.BenchmarkEvaluationSettings):
+    """How the benchmark questions are answered and scored."""
+
+
+class ReleaseConfig(dg.Config, settings.ReleaseSettings):
+    """Where the release goes on the Hub."""
+
+
+CONFIG_CLASSES: dict[str, type[dg.Config]] = {
+    "raw_dataset": RawDatasetConfig,
+    "benchmark_questions": BenchmarkQuestionsConfig,
+    "formatted_splits": FormattingConfig,
+    "lora_adapter": TrainingConfig,
+    "merged_model": MergeConfig,
+    "rouge_report": EvaluationConfig,
+    "benchmark_report": BenchmarkEvaluationConfig,
+    "hub_release": ReleaseConfig,
+}
+for _asset, _stage in STAGES.items():
+    if _asset not in CONFIG_CLASSES or not issubclass(CONFIG_CLASSES[_asset], _stage.settings):
+        raise TypeError(f"stage {_asset}: declare `class ...Config(dg.Config, {_stage.settings.__name__})` in CONFIG_CLASSES")
+
+PROFILE = load_active_profile()
+
+
+def load_run_config_file(path) -> Profile:
+    """A `-c` file, checked as a profile is; `extends` is a profile's key that Dagster's run config does not have."""
+    profile = load_profile(path)
+    if len(profile.files) > 1:
+        raise ProfileError(
+            f"{path}: `{EXTENDS}` is for MEDCOT_PROFILE files; `-c` takes plain run config. Set MEDCOT_PROFILE={path}, "
+            f"or pass the resolved file: python -m medcot_pipeline.profiles {path} > run.yaml"
+        )
+    return profile
+
+
 # `dagster asset materialize -c FILE`: FILE is run config this code location would never see before the run
 # exists; checked here as the profile is, it fails at launch naming the file and key, before anything is stored.
 for _run_config_file in command_line_config_files():
-    read_profile(_run_config_file)
+    load_run_config_file(_run_config_file)
 
-# Every run says which profile it ran and which version of that file, so the runs list tells runs apart.
+# Every run says which profile it ran and which version of its files, so the runs list tells runs apart.
 PROFILE_TAG_KEY = "medcot/profile"
 PROFILE_SHA_TAG_KEY = "medcot/profile_sha"
 
 
-def profile_run_tags(profile: Profile = PROFILE) -> dict[str, str]:
-    """{medcot/profile: file name, medcot/profile_sha: first 12 hex digits of the file's sha256}."""
-    return {PROFILE_TAG_KEY: profile.path.name, PROFILE_SHA_TAG_KEY: hashlib.sha256(profile.path.read_bytes()).hexdigest()[:12]}
+def profile_run_tags(profile: Profile) -> dict[str, str]:
+    """{medcot/profile: file name, medcot/profile_sha: first 12 hex digits of the sha256 of its files}."""
+    return {PROFILE_TAG_KEY: profile.path.name, PROFILE_SHA_TAG_KEY: profile.sha256()[:12]}
 
 
-PROFILE_RUN_TAGS = profile_run_tags()
+PROFILE_RUN_TAGS = profile_run_tags(PROFILE)
 
 
-def profile_settings(asset: str, profile: Profile = PROFILE) -> settings.Settings:
-    """The stage's settings as the profile sets them (defaults elsewhere)."""
-    return STAGES[asset].settings(**profile.ops.get(asset, {}))
+def config_schema(asset: str, profile: Profile) -> dg.Field:
+    """The asset's config schema: its config class's fields (type, description), the profile's values as defaults.
 
-
-def config_class(asset: str, profile: Profile = PROFILE) -> type[dg.Config]:
-    """The asset's dg.Config: its settings model, with the profile's values as defaults.
-
-    It subclasses the settings model, so the asset hands its config to the Dagster-free core as is.
+    The defaults are what the UI's Materialize buttons run and what the launchpad scaffolds; the limits (ge, le,
+    ...) are the settings model's, checked when the step builds its config and, before that, by the executor
+    (run_config_checks.py).
     """
-    stage = STAGES[asset]
-    # Only the default changes: each field keeps its type, description and limits (ge, le, ...).
+    config_class = CONFIG_CLASSES[asset]
+    values = profile.stage(asset).model_dump(mode="json")
     fields = {
-        key: (stage.settings.model_fields[key].annotation, FieldInfo.merge_field_infos(stage.settings.model_fields[key], default=value))
-        for key, value in profile.ops.get(asset, {}).items()
+        name: dg.Field(field.config_type, default_value=values[name], is_required=False, description=field.description)
+        for name, field in config_class.to_fields_dict().items()
     }
-    name = stage.settings.__name__.replace("Settings", "Config")
-    return pydantic.create_model(name, __base__=(dg.Config, stage.settings), __module__=__name__, **fields)
+    return dg.Field(dg.Shape(fields), description=config_class.__doc__)
 
 
-RawDatasetConfig = config_class("raw_dataset")
-BenchmarkQuestionsConfig = config_class("benchmark_questions")
-FormattingConfig = config_class("formatted_splits")
-TrainingConfig = config_class("lora_adapter")
-MergeConfig = config_class("merged_model")
-EvaluationConfig = config_class("rouge_report")
-BenchmarkEvaluationConfig = config_class("benchmark_report")
-ReleaseConfig = config_class("hub_release")
-
-
-def stage_code_version(fn: Callable, profile: Profile = PROFILE) -> str:
-    """The code the asset runs, its settings in the profile, and the settings of the resources it reads."""
-    import inspect
-
+def version_inputs(fn: Callable, profile: Profile) -> code_versions.VersionInputs:
+    """What the asset's code version covers: its function, the code and settings of the resources it takes that
+    change what it computes (COMPUTING_RESOURCES), and its own settings in the profile."""
     parameters = inspect.signature(fn).parameters
-    used: dict[str, Any] = {"settings": profile_settings(fn.__name__, profile).model_dump()}
-    for resource in SETTINGS_RESOURCES:
-        if resource in parameters:
-            used[resource] = RESOURCE_TYPES[resource](**profile.resource_values(resource)).model_dump()
-    return code_versions.code_version(fn, used)
+    used: dict[str, Any] = {"settings": profile.stage(fn.__name__).model_dump()}
+    resources = []
+    for name in COMPUTING_RESOURCES:
+        if name in parameters:
+            used[name] = getattr(profile.resources, name).model_dump()
+            resources.append((RESOURCE_TYPES[name].__module__, RESOURCE_TYPES[name].__name__))
+    return code_versions.VersionInputs(function=(fn.__module__, fn.__name__), resources=tuple(resources), settings=used)
 
 
-def ray_request(stage: Stage, profile: Profile = PROFILE) -> dict[str, float]:
+def ray_request(stage: Stage, profile: Profile) -> dict[str, float]:
     """What a step asks a Ray cluster for: a GPU stage its settings' `num_gpus` (lora_adapter) or one GPU, a CPU
     stage one CPU and no GPU.
 
@@ -134,28 +161,40 @@ def ray_request(stage: Stage, profile: Profile = PROFILE) -> dict[str, float]:
     """
     if not stage.gpu:
         return {"num_cpus": 1}
-    return {"num_gpus": max(1, getattr(profile_settings(stage.asset, profile), "num_gpus", 1))}
+    return {"num_gpus": max(1, getattr(profile.stage(stage.asset), "num_gpus", 1))}
 
 
 def stage_asset(**asset_kwargs) -> Callable:
-    """`dg.asset` with what the table and the profile say: group, GPU tag and pool, Ray request, code version."""
+    """`dg.asset` with what the table and the active profile say: group, GPU tag and pool, Ray request, config
+    defaults, code version.
+
+    The function takes `config: <its config class>`; Dagster is given the schema with the profile's defaults
+    (`config_schema`) and the function gets that config class built from the step's resolved config.
+    """
 
     def decorate(fn: Callable) -> dg.AssetsDefinition:
         stage = STAGES[fn.__name__]
+        config_class = CONFIG_CLASSES[stage.asset]
+        signature = inspect.signature(fn)
 
-        @functools.wraps(fn)  # Dagster reads the parameters and annotations through __wrapped__
-        def tagged(context: dg.AssetExecutionContext, *args, **kwargs):
+        @functools.wraps(fn)
+        def run_stage(context: dg.AssetExecutionContext, **kwargs):
             tag_run_with_profile(context)
-            return fn(context, *args, **kwargs)
+            return fn(context, config=config_class(**context.op_config), **kwargs)
 
+        # Dagster reads inputs and resources from this signature; the config comes from `config_schema` instead.
+        run_stage.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[parameter for name, parameter in signature.parameters.items() if name != "config"]
+        )
         return dg.asset(
             name=stage.asset,
             group_name=stage.group,
-            code_version=stage_code_version(fn),
-            op_tags={**(GPU_TAG if stage.gpu else {}), RAY_CONFIG_TAG: json.dumps(ray_request(stage), sort_keys=True)},
+            config_schema=config_schema(stage.asset, PROFILE),
+            code_version=code_versions.code_version(version_inputs(fn, PROFILE)),
+            op_tags={**(GPU_TAG if stage.gpu else {}), RAY_CONFIG_TAG: json.dumps(ray_request(stage, PROFILE), sort_keys=True)},
             pool=GPU_POOL if stage.gpu else None,
             **asset_kwargs,
-        )(tagged)
+        )(run_stage)
 
     return decorate
 

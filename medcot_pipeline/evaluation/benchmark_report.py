@@ -62,10 +62,10 @@ def write_benchmark_report(
     if rows.empty:
         raise ValueError("no benchmark questions to answer")
     options = [json.loads(text) for text in rows["options"]]
-    prompts = [benchmark_prompt(q, o, c) for q, o, c in zip(rows["question"], options, rows["context"])]
+    prompts = [benchmark_prompt(q, o, c) for q, o, c in zip(rows["question"], options, rows["context"], strict=True)]
     # The option log-likelihood prompt (lm-eval's) carries PubMedQA's abstract before its question.
     likelihood_rows = pd.DataFrame({
-        "question": [f"{c}\n{q}" if isinstance(c, str) else q for q, c in zip(rows["question"], rows["context"])],
+        "question": [f"{c}\n{q}" if isinstance(c, str) else q for q, c in zip(rows["question"], rows["context"], strict=True)],
         "options": rows["options"], "answer_idx": rows["answer_idx"],
     })
 
@@ -90,12 +90,12 @@ def write_benchmark_report(
     cut_off: dict[str, list[float]] = {}
     with open(out_dir / BENCHMARK_ANSWERS_FILE, "w", encoding="utf-8") as answers_file:
         for label, (run, likelihood) in answered.items():
-            readings = [read_choice(graded_response(a), o, cut_off=a.truncated) for a, o in zip(run.answers, options)]
-            correct[label] = [float(r.choice == letter) for r, letter in zip(readings, rows["answer_idx"])]
-            likelihood_correct[label] = [float(c == letter) for c, letter in zip(likelihood.chosen, rows["answer_idx"])]
+            readings = [read_choice(graded_response(a), o, cut_off=a.truncated) for a, o in zip(run.answers, options, strict=True)]
+            correct[label] = [float(r.choice == letter) for r, letter in zip(readings, rows["answer_idx"], strict=True)]
+            likelihood_correct[label] = [float(c == letter) for c, letter in zip(likelihood.chosen, rows["answer_idx"], strict=True)]
             cut_off[label] = [float(a.truncated) for a in run.answers]
             scores[label] = _scores_by_benchmark(rows, run, readings, correct[label], likelihood_correct[label])
-            for i, (a, reading) in enumerate(zip(run.answers, readings)):
+            for i, (a, reading) in enumerate(zip(run.answers, readings, strict=True)):
                 answers_file.write(json.dumps(_answer_record(label, rows.iloc[i], a, reading, likelihood.chosen[i]), ensure_ascii=False) + "\n")
             for benchmark in scores[label]:
                 log.info(
@@ -140,7 +140,7 @@ def benchmark_comparisons(
     for name, group in rows.groupby("benchmark", sort=False):
         where = group.index.tolist()
 
-        def pick(values: dict[str, list[float]], label: str) -> list[float]:
+        def pick(values: dict[str, list[float]], label: str, where: list[int] = where) -> list[float]:
             return [values[label][i] for i in where]
 
         comparisons.append(compare(f"accuracy:{name}", f"{name} accuracy", pick(correct, "fine_tuned"), pick(correct, "base"), right_or_wrong=True))

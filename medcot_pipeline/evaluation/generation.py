@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
-from medcot_pipeline import backends
-from medcot_pipeline.evaluation import grouped_attention
+from medcot_pipeline import backends, model_paths
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
-from medcot_pipeline import model_paths
+from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.model_paths import ModelLoadError
 from medcot_pipeline.settings import GenerationSettings
 from medcot_pipeline.tagged_output import ParsedAnswer, parse_tagged_output
@@ -165,7 +164,9 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def sampling_kwargs(config: GenerationSettings) -> dict:
-    kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {"do_sample": False}
+    kwargs: dict[str, bool | float | int] = (
+        {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {"do_sample": False}
+    )
     # Unset means transformers' own default (no penalty), so rouge_report's answers stay as they were.
     if config.repetition_penalty is not None:
         kwargs["repetition_penalty"] = config.repetition_penalty
@@ -196,9 +197,9 @@ class _ReportTokens:
     def __init__(self, progress: Progress, prompt_length: int, limit: int):
         self.progress, self.prompt_length, self.limit = progress, prompt_length, limit
         self.last = time.perf_counter()
-        self.stops_nothing: torch.BoolTensor | None = None  # made once: no allocation per decode step
+        self.stops_nothing: torch.Tensor | None = None  # made once: no allocation per decode step
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.Tensor:
         now = time.perf_counter()
         if now - self.last >= PROGRESS_EVERY_SECONDS:
             self.last = now
@@ -220,7 +221,7 @@ class _EndClosedAnswersAtLimit:
         self.tokenizer, self.prompt_length, self.limit = tokenizer, prompt_length, limit
         self.closed_at_limit: list[bool] | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.Tensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         # A host-side length: the decode only runs (and waits for the device) once, at the limit.
         if input_ids.shape[1] - self.prompt_length == self.limit:
@@ -247,7 +248,7 @@ def defer_stop_check(enabled: bool = True) -> None:
 
     checker = generation_utils.DeferredStopCheck
     original = checker.__dict__.get("_medcot_original") or checker.__dict__["is_supported"]
-    checker._medcot_original = original
+    checker._medcot_original = original  # type: ignore[attr-defined]  # our mark on transformers' class, to undo the patch
 
     def on_cuda_too(device, cache, cache_is_returned, is_assistant):
         if device.type != "cuda":
@@ -262,12 +263,12 @@ def defer_stop_check(enabled: bool = True) -> None:
             return False
         return cache.is_croppable or not cache_is_returned
 
-    checker.is_supported = staticmethod(on_cuda_too) if enabled else original
+    checker.is_supported = staticmethod(on_cuda_too) if enabled else original  # type: ignore[method-assign]  # the patch itself
 
 
 def generate_token_ids(
     model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, end_closed_at: int | None = None,
-    progress: Optional[Progress] = None, **generate_kwargs,
+    progress: Progress | None = None, **generate_kwargs,
 ) -> list[tuple[list[int], bool]]:
     """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
 
@@ -295,7 +296,7 @@ def generate_token_ids(
         padding = {"padding": "max_length", "max_length": width} if fixed_shape else {}
         inputs = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt", **padding)
         inputs = inputs.to(model.device)
-        criteria = []
+        criteria: list[_EndClosedAnswersAtLimit | _ReportTokens] = []
         ending = None
         if end_closed_at is not None:
             ending = _EndClosedAnswersAtLimit(tokenizer, inputs["input_ids"].shape[1], end_closed_at)
@@ -313,10 +314,10 @@ def generate_token_ids(
                 **stopping, **generate_kwargs,
             )
         new = output[: len(batch), inputs["input_ids"].shape[1] :].tolist()
-        for row, (index, ids) in enumerate(zip(batch, new)):
+        for row, (index, ids) in enumerate(zip(batch, new, strict=True)):
             end = next((pos for pos, token in enumerate(ids) if token in stop_ids), None)
-            if ending is not None and ending.closed_at_limit is not None and ending.closed_at_limit[row] and (end is None or end >= end_closed_at):
-                results[index] = (ids[:end_closed_at], False)  # ended at the limit by the rule above, not by a stop token
+            if ending is not None and ending.closed_at_limit is not None and ending.closed_at_limit[row] and (end is None or end >= ending.limit):
+                results[index] = (ids[: ending.limit], False)  # ended at the limit by the rule above, not by a stop token
             else:
                 results[index] = (ids, False) if end is None else (ids[: end + 1], True)
         if progress is not None:
@@ -332,7 +333,7 @@ def generate_answers(
     *,
     max_prompt_tokens: int | None = None,
     streamer=None,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
     **generate_kwargs,
 ) -> GenerationRun:
     """Answer every question; an answer that reaches max_new_tokens with </response> still open gets

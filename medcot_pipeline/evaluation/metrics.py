@@ -42,7 +42,7 @@ def rouge_l_f1(predictions: list[str], references: list[str]) -> list[float]:
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    return [_rouge_l(prediction, reference) for prediction, reference in zip(predictions, references)]
+    return [_rouge_l(prediction, reference) for prediction, reference in zip(predictions, references, strict=True)]
 
 
 def _rouge_l(prediction: str, reference: str) -> float:

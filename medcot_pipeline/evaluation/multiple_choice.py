@@ -107,13 +107,13 @@ def score_multiple_choice(model, tokenizer, rows: pd.DataFrame, *, batch_size: i
     scored: list[int] = []
     items: list[tuple[str, dict[str, str]]] = []
     letters: list[str] = []
-    for i, (question, options, idx, answer) in enumerate(zip(rows["question"].tolist(), options_column, answers_idx, answers)):
+    for i, (question, options, idx, answer) in enumerate(zip(rows["question"].tolist(), options_column, answers_idx, answers, strict=True)):
         try:
             parsed = parse_options(options)
         except ValueError as err:
             raise ValueError(f"multiple-choice row {i}: {err}") from err
         letter = answer_letter(parsed, idx, answer)
-        if letter is None:
+        if letter is None or parsed is None:  # no options means no letter: nothing to score
             continue
         scored.append(i)
         items.append((question, parsed))
@@ -121,10 +121,10 @@ def score_multiple_choice(model, tokenizer, rows: pd.DataFrame, *, batch_size: i
 
     loglikelihoods: list[dict[str, float] | None] = [None] * len(rows)
     chosen: list[str | None] = [None] * len(rows)
-    for i, scores in zip(scored, _score_questions(model, tokenizer, items, batch_size)):
+    for i, scores in zip(scored, _score_questions(model, tokenizer, items, batch_size), strict=True):
         loglikelihoods[i] = scores
-        chosen[i] = max(scores, key=scores.get)  # ties go to the earlier letter, as numpy's argmax in lm-eval
-    correct = [float(chosen[i] == letter) for i, letter in zip(scored, letters)]
+        chosen[i] = max(scores, key=scores.__getitem__)  # ties go to the earlier letter, as numpy's argmax in lm-eval
+    correct = [float(chosen[i] == letter) for i, letter in zip(scored, letters, strict=True)]
     return MultipleChoiceScores(
         accuracy=sum(correct) / len(scored) if scored else None, n=len(scored), chosen=chosen,
         loglikelihoods=loglikelihoods, correct=correct,
@@ -178,7 +178,7 @@ def _score_questions(model, tokenizer, items: Sequence[tuple[str, Mapping[str, s
     log_probs: dict[tuple[int, ...], torch.Tensor] = {}
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start : start + batch_size]
-        log_probs.update(zip(batch, _last_log_probs(model, tokenizer, batch, max(keep[ids] for ids in batch))))
+        log_probs.update(zip(batch, _last_log_probs(model, tokenizer, batch, max(keep[ids] for ids in batch)), strict=True))
 
     results: list[dict[str, float]] = [{} for _ in items]
     for q, letter, ids, continuation in requests:

@@ -41,7 +41,7 @@ def verdict(low: float, high: float, higher_is_better: bool) -> Verdict:
 
 
 def bootstrap_interval(
-    fine_tuned: Sequence[float], base: Sequence[float], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+    fine_tuned: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
     """The paired bootstrap interval of mean(fine_tuned) - mean(base): questions resampled with their pair.
 
@@ -69,7 +69,9 @@ def _bootstrap(differences: np.ndarray, confidence: float, resamples: int, seed:
     return result.confidence_interval.low, result.confidence_interval.high
 
 
-def mcnemar_exact_p(fine_tuned_correct: Sequence[bool], base_correct: Sequence[bool]) -> tuple[float, int, int]:
+def mcnemar_exact_p(
+    fine_tuned_correct: Sequence[bool] | np.ndarray, base_correct: Sequence[bool] | np.ndarray
+) -> tuple[float, int, int]:
     """(two-sided exact McNemar p, questions only the fine-tuned model got right, questions only the base got right).
 
     The exact test is a binomial test on the discordant pairs: under "no difference" each is equally likely
@@ -83,7 +85,9 @@ def mcnemar_exact_p(fine_tuned_correct: Sequence[bool], base_correct: Sequence[b
     return float(stats.binomtest(tuned_only, tuned_only + base_only, 0.5).pvalue), tuned_only, base_only
 
 
-def _paired_arrays(fine_tuned: Sequence[float], base: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _paired_arrays(
+    fine_tuned: Sequence[float] | Sequence[bool] | np.ndarray, base: Sequence[float] | Sequence[bool] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     tuned, base_ = np.asarray(fine_tuned, dtype=float), np.asarray(base, dtype=float)
     if tuned.shape != base_.shape or tuned.ndim != 1:
         raise ValueError(f"paired scores need two equal-length lists; got {tuned.shape} and {base_.shape}")

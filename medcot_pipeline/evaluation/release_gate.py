@@ -17,12 +17,10 @@ nothing, and still says what it would have decided.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, GateCriterion, GateDecision, PairedComparison
 
 
-def decide(report: EvaluationReport, benchmarks: Optional[BenchmarkReport] = None) -> GateDecision:
+def decide(report: EvaluationReport, benchmarks: BenchmarkReport | None = None) -> GateDecision:
     settings = report.settings
     criteria: list[GateCriterion] = []
     held_out = {comparison.metric: comparison for comparison in report.comparisons}
@@ -65,7 +63,7 @@ def decide(report: EvaluationReport, benchmarks: Optional[BenchmarkReport] = Non
     return GateDecision(status="failed" if failed else "passed", criteria=criteria, reasons=reasons)
 
 
-def _interval_criterion(name: str, comparison: Optional[PairedComparison], threshold: float, missing: str) -> GateCriterion:
+def _interval_criterion(name: str, comparison: PairedComparison | None, threshold: float, missing: str) -> GateCriterion:
     if comparison is None:
         return GateCriterion(name=name, threshold=threshold, direction=">=", value=None, passed=False, note=f"not measured: {missing}")
     return GateCriterion(

@@ -4,7 +4,6 @@ and the one table that shows base against fine-tuned (asset metadata and the mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, GateDecision, ModelScores, PairedComparison
 
@@ -14,8 +13,8 @@ class Metric:
     key: str  # the ModelScores field
     label: str
     higher_is_better: bool
-    model_index_type: Optional[str] = None  # None: shown in tables, not published as a model-index result
-    model_index_name: Optional[str] = None
+    model_index_type: str | None = None  # None: shown in tables, not published as a model-index result
+    model_index_name: str | None = None
     percent: bool = False
 
 
@@ -33,7 +32,7 @@ METRICS = (
 RIGHT_OR_WRONG = frozenset({"format_compliance", "truncation_rate", "mc_accuracy"})
 
 
-def format_value(metric: Metric, value: Optional[float]) -> str:
+def format_value(metric: Metric, value: float | None) -> str:
     if value is None:
         return "n/a"
     if metric.percent:
@@ -44,7 +43,7 @@ def format_value(metric: Metric, value: Optional[float]) -> str:
     return str(value)
 
 
-def _value(scores: Optional[ModelScores], key: str) -> Optional[float]:
+def _value(scores: ModelScores | None, key: str) -> float | None:
     return None if scores is None else getattr(scores, key)
 
 
@@ -88,7 +87,7 @@ def comparison_table(report: EvaluationReport) -> str:
     return markdown_table(comparison_rows(report))
 
 
-def change_text(percent: bool, delta: float, interval: Optional[PairedComparison]) -> str:
+def change_text(percent: bool, delta: float, interval: PairedComparison | None) -> str:
     """"+4.2 pts [+1.0, +7.5]" or "+0.031 [+0.012, +0.050]": the change and, where measured, its 95% interval."""
     if percent:
         text = f"{delta * 100:+.1f} pts"

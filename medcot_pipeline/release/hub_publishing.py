@@ -8,11 +8,12 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import httpx
-from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub import HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from medcot_pipeline.artifact_io import file_sha256
@@ -89,7 +90,7 @@ def _stage_merged_model(merged_model_dir: Path, target: Path) -> None:
         _link_or_copy(src, target / relative)
 
 
-def _stage_adapter(adapter_dir: Path, target: Path, base_model: Optional[str]) -> None:
+def _stage_adapter(adapter_dir: Path, target: Path, base_model: str | list[str] | None) -> None:
     for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (adapter_dir / required).exists():
             raise ReleaseError(f"adapter directory {adapter_dir} has no {required}")
@@ -100,19 +101,19 @@ def _stage_adapter(adapter_dir: Path, target: Path, base_model: Optional[str]) -
     # Training saw a local path for the base; people loading the adapter from the Hub need its Hub id.
     # Written as a new file, never through a hard link, so the trained adapter stays as it was.
     adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    if base_model:
+    if isinstance(base_model, str) and base_model:  # a card naming several bases (a merge) leaves the adapter's own
         adapter_config["base_model_name_or_path"] = base_model
     (target / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
 def stage_release(
     merged_model_dir: Path,
-    adapter_dir: Optional[Path],
+    adapter_dir: Path | None,
     card: ModelCard,
     out_dir: Path,
     adapter_mode: AdapterMode = "subfolder",
     *,
-    repo_id: Optional[str] = None,
+    repo_id: str | None = None,
 ) -> ReleaseManifest:
     """Lay out `out_dir` exactly as it will be pushed and write its manifest.
 
@@ -127,7 +128,10 @@ def stage_release(
         raise ReleaseError(f"adapter_mode must be one of {ADAPTER_MODES}, not {adapter_mode!r}")
     if adapter_mode != "none" and adapter_dir is None:
         raise ReleaseError(f"adapter_mode {adapter_mode!r} needs an adapter directory, and none was given")
-    repo_id = repo_id or card.data.model_name
+    data = card.data
+    if not isinstance(data, ModelCardData):
+        raise ReleaseError(f"the card's metadata is a {type(data).__name__}, not a model card's; build it with build_model_card")
+    repo_id = repo_id or data.model_name
     if not repo_id:
         raise ReleaseError("the model card names no repository (model-index name); pass repo_id")
     merged_model_dir, out_dir = Path(merged_model_dir), Path(out_dir)
@@ -143,13 +147,13 @@ def stage_release(
     _stage_merged_model(merged_model_dir, model_dir)
     card.save(model_dir / "README.md")
 
-    if adapter_mode == "subfolder":
+    if adapter_mode == "subfolder" and adapter_dir is not None:
         target = model_dir / ADAPTER_SUBFOLDER
-        _stage_adapter(Path(adapter_dir), target, card.data.base_model)
+        _stage_adapter(Path(adapter_dir), target, data.base_model)
         build_adapter_card(card, repo_id, subfolder=ADAPTER_SUBFOLDER).save(target / "README.md")
-    elif adapter_mode == "separate_repo":
+    elif adapter_mode == "separate_repo" and adapter_dir is not None:
         target = out_dir / ADAPTER_SUBFOLDER
-        _stage_adapter(Path(adapter_dir), target, card.data.base_model)
+        _stage_adapter(Path(adapter_dir), target, data.base_model)
         build_adapter_card(card, adapter_repo_id(repo_id)).save(target / "README.md")
 
     staged = sorted(p for folder in (model_dir, out_dir / ADAPTER_SUBFOLDER) for p in folder.rglob("*") if p.is_file())
@@ -173,11 +177,11 @@ def _scrub(text: str, token: str) -> str:
 class _Transient:
     """A failure worth retrying, described without the token."""
 
-    def __init__(self, reason: str, retry_after: Optional[float] = None):
+    def __init__(self, reason: str, retry_after: float | None = None):
         self.reason, self.retry_after = reason, retry_after
 
 
-def _retry_after(response: httpx.Response) -> Optional[float]:
+def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
@@ -268,7 +272,7 @@ def push_release(
     private: bool = True,
     adapter_mode: AdapterMode = "subfolder",
     commit_message: str = "medcot release",
-    endpoint: Optional[str] = None,
+    endpoint: str | None = None,
     max_retries: int = 4,
     backoff_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,

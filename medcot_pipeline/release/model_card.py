@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medcot_pipeline.backends import backend_named
 from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
-from medcot_pipeline.data.benchmarks import BENCHMARKS
 from medcot_pipeline.contracts import BenchmarkReport, DecontaminationSummary, EvaluationReport, GateDecision, TrainingSummary
+from medcot_pipeline.data.benchmarks import BENCHMARKS
 from medcot_pipeline.evaluation.scores import METRICS, benchmark_rows, comparison_table, gate_headline, gate_rows, markdown_table
 from medcot_pipeline.settings import EvaluationSettings
 
@@ -60,10 +60,10 @@ class ReleaseFacts:
     training: TrainingSummary
     evaluation: EvaluationReport
     code_version: dict[str, str]  # asset -> code version of the materialization in this release's lineage
-    adapter_location: Optional[str] = None  # "adapter/" (subfolder of this repo), another repo id, or None
-    benchmarks: Optional[BenchmarkReport] = None
-    gate: Optional[GateDecision] = None
-    decontamination: Optional[DecontaminationSummary] = None
+    adapter_location: str | None = None  # "adapter/" (subfolder of this repo), another repo id, or None
+    benchmarks: BenchmarkReport | None = None
+    gate: GateDecision | None = None
+    decontamination: DecontaminationSummary | None = None
     language: str = "en"
     tags: list[str] = field(default_factory=lambda: list(TAGS))
 
@@ -79,15 +79,15 @@ class ReleaseFacts:
         return dataset.hub_id or dataset.location
 
     @property
-    def dataset_config(self) -> Optional[str]:
+    def dataset_config(self) -> str | None:
         return self.training.dataset.hub_config
 
     @property
-    def dataset_revision(self) -> Optional[str]:
+    def dataset_revision(self) -> str | None:
         return self.training.dataset.revision
 
     @property
-    def wandb_run(self) -> Optional[str]:
+    def wandb_run(self) -> str | None:
         run = self.training.wandb
         return None if run is None else run.url or run.dir
 
@@ -108,7 +108,7 @@ class ReleaseFacts:
         return {key: rows[key] for key in TRAINING_LABELS if rows.get(key) is not None}
 
 
-def hub_model_id(name: str) -> Optional[str]:
+def hub_model_id(name: str) -> str | None:
     """The Hub id of a base model reference, or None for a local checkpoint the Hub cannot link to."""
     if name in EMBEDDED_HUB_IDS:
         return EMBEDDED_HUB_IDS[name]
@@ -117,12 +117,12 @@ def hub_model_id(name: str) -> Optional[str]:
     return None
 
 
-def hub_dataset_id(name: str) -> Optional[str]:
+def hub_dataset_id(name: str) -> str | None:
     return name if HUB_ID.match(name) and not Path(name).exists() else None
 
 
-def adapter_is_subfolder(location: Optional[str]) -> bool:
-    return bool(location) and location.endswith("/")
+def adapter_is_subfolder(location: str | None) -> bool:
+    return location is not None and location.endswith("/")
 
 
 def _cell(value: Any) -> str:
@@ -133,7 +133,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _duration(seconds: Optional[float]) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "not recorded"
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -211,7 +211,7 @@ def code_versions_text(code_version: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
-def wandb_text(run: Optional[str], graded: bool = False) -> str:
+def wandb_text(run: str | None, graded: bool = False) -> str:
     if not run:
         return "Training was not logged to Weights & Biases."
     curves = " (format compliance and ROUGE-L per evaluation: `eval/format_compliance`, `eval/rouge_l_response`)" if graded else ""
@@ -291,13 +291,13 @@ HOW_TO_READ_AN_INTERVAL = (
 )
 
 
-def gate_text(decision: Optional[GateDecision]) -> str:
+def gate_text(decision: GateDecision | None) -> str:
     if decision is None:
         return "The release gate's decision was not recorded."
     return f"**{gate_headline(decision)}**\n\n{markdown_table(gate_rows(decision))}"
 
 
-def benchmarks_text(report: Optional[BenchmarkReport]) -> str:
+def benchmarks_text(report: BenchmarkReport | None) -> str:
     """The benchmarks section: what was answered and how it was graded, the table, and the stand-in warning."""
     if report is None or not report.fine_tuned:
         return "No standard benchmark was measured for this release."
@@ -324,7 +324,7 @@ def benchmarks_text(report: Optional[BenchmarkReport]) -> str:
     return "\n\n".join(lines)
 
 
-def decontamination_text(summary: Optional[DecontaminationSummary]) -> str:
+def decontamination_text(summary: DecontaminationSummary | None) -> str:
     if summary is None:
         return "The training split was not checked for overlap with the evaluation questions."
     compared = ", ".join(f"{name} ({count} texts)" for name, count in summary.references.items())
@@ -346,11 +346,11 @@ def _decoding(settings: EvaluationSettings) -> str:
     return text + f", up to {settings.max_new_tokens} new tokens"
 
 
-def _link(hub_id: Optional[str], fallback: str) -> str:
+def _link(hub_id: str | None, fallback: str) -> str:
     return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{fallback}` (a local checkpoint)"
 
 
-def _dataset_link(hub_id: Optional[str], fallback: str) -> str:
+def _dataset_link(hub_id: str | None, fallback: str) -> str:
     return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})" if hub_id else f"`{fallback}`"
 
 
@@ -506,7 +506,7 @@ tokenizer = AutoTokenizer.from_pretrained("{{ merged_repo_id }}")
 """
 
 
-def _adapter_section(facts: ReleaseFacts, base_id: Optional[str]) -> str:
+def _adapter_section(facts: ReleaseFacts, base_id: str | None) -> str:
     location = facts.adapter_location
     if not location:
         return "## LoRA adapter\n\nOnly the merged weights are published; the LoRA adapter is not."
@@ -578,9 +578,10 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
     )
 
 
-def build_adapter_card(model_card: ModelCard, adapter_repo: str, subfolder: Optional[str] = None) -> ModelCard:
+def build_adapter_card(model_card: ModelCard, adapter_repo: str, subfolder: str | None = None) -> ModelCard:
     """A short README for the adapter, pointing at the base model and at the merged repository."""
     data = model_card.data
+    assert isinstance(data, ModelCardData), "build_model_card makes model cards"  # huggingface_hub types it as CardData
     merged_repo_id = data.model_name
     base_model = data.base_model
     card_data = ModelCardData(

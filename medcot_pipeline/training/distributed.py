@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pydantic
 
@@ -90,7 +89,7 @@ class RankFailure(pydantic.BaseModel):
 
     rank: int
     exitcode: int
-    signal: Optional[str] = None
+    signal: str | None = None
     message: str = ""
     failed_ranks: list[int] = []  # every rank torchrun saw fail before it stopped the others
 

@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 
 from medcot_pipeline.backends import TRANSFORMERS, Backend
 from medcot_pipeline.data.schema import require_columns
-from medcot_pipeline.evaluation.generation import GeneratedAnswer, generate_answers
+from medcot_pipeline.evaluation.generation import GeneratedAnswer, GenerationRun, generate_answers
 from medcot_pipeline.evaluation.metrics import format_compliance, graded_response, rouge_l_f1, truncation_rate
 from medcot_pipeline.settings import GenerationSettings, TrainingSettings
 
@@ -51,7 +51,7 @@ GRADE_KEYS = ("format_compliance", "rouge_l_response", "truncation_rate", "grade
 KEPT_BY_GRADE = "grade: format compliance, then ROUGE-L (response), on {n} validation questions"
 KEPT_BY_LAST_STEP = "last step (not graded during training)"
 
-AnswerQuestions = Callable[..., object]  # generate_answers' signature: (model, tokenizer, questions, config, **kw) -> GenerationRun
+AnswerQuestions = Callable[..., GenerationRun]  # generate_answers' signature: (model, tokenizer, questions, config, **kw)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class MergedCopy:
     def __init__(self, log: logging.Logger | None = None, backend: Backend = TRANSFORMERS):
         self.log = log or logger
         self.backend = backend
-        self.copy = None
+        self.copy: PreTrainedModel | None = None
         self.sources: dict[str, tuple] = {}  # copy's parameter name -> (base tensor, LoRA layer or None)
         self.failed: str | None = None  # why the copy could not answer; the training model answers from then on
 
@@ -149,17 +149,16 @@ class MergedCopy:
         from medcot_pipeline.evaluation.generation import cache_kwargs
 
         with torch.no_grad():
-            if self.copy is None:
-                self._build(model, config.attention)
+            merged = self.copy if self.copy is not None else self._build(model, config.attention)
             for name, (base, lora) in self.sources.items():
-                target = self.copy.get_parameter(name)
+                target = merged.get_parameter(name)
                 target.copy_(base)
                 if lora is not None:
                     for adapter in lora.active_adapters:
                         target.add_(lora.get_delta_weight(adapter).to(target.dtype))
-        return generate_answers(self.copy, tokenizer, questions, config, **cache_kwargs(config), **kwargs)
+        return generate_answers(merged, tokenizer, questions, config, **cache_kwargs(config), **kwargs)
 
-    def _build(self, model, attention: str) -> None:
+    def _build(self, model, attention: str) -> PreTrainedModel:
         import copy
 
         import torch
@@ -173,9 +172,9 @@ class MergedCopy:
         register_attention(attention)
         weight = next(p for p in base.parameters() if p.is_floating_point())
         with torch.device(weight.device):
-            self.copy = AutoModelForCausalLM.from_config(base.config, dtype=weight.dtype, attn_implementation=attention)
-        self.copy.generation_config = copy.deepcopy(base.generation_config)
-        self.copy.eval().requires_grad_(False)
+            merged = AutoModelForCausalLM.from_config(base.config, dtype=weight.dtype, attn_implementation=attention)
+        merged.generation_config = copy.deepcopy(base.generation_config)
+        merged.eval().requires_grad_(False)
         sources = {}
         for name, parameter in base.named_parameters():
             if ".lora_" in name:
@@ -183,14 +182,15 @@ class MergedCopy:
             plain = name.replace(".base_layer.", ".")
             module = plain.rsplit(".", 1)[0]
             sources[plain] = (parameter, lora_layers.get(module) if plain.endswith(".weight") else None)
-        missing = [name for name, _ in self.copy.named_parameters() if name not in sources]
+        missing = [name for name, _ in merged.named_parameters() if name not in sources]
         if missing:
             raise RuntimeError(f"the grading copy has parameters the trained model does not: {missing[:4]}")
-        self.sources = sources
+        self.copy, self.sources = merged, sources
         self.log.info(
             f"grading answers with a merged copy of the model ({len(lora_layers)} LoRA layers merged at each grading; "
             f"attention {attention})"
         )
+        return merged
 
 
 def grade_answers(answers: Sequence[GeneratedAnswer], references: Sequence[str]) -> Grades:
@@ -303,6 +303,8 @@ def graded_rows(log_history: list[dict]) -> list[dict]:
     rows: dict[int, dict] = {}
     for entry in log_history:
         step = entry.get("step")
+        if step is None:  # the Trainer writes every entry with its step; anything else is not a step's record
+            continue
         if "eval_loss" in entry:
             rows.setdefault(step, {"step": step})["eval_loss"] = entry["eval_loss"]
         if f"eval_{GRADE_METRIC}" in entry:

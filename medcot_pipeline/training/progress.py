@@ -25,7 +25,7 @@ class TrainingProgress(TrainerCallback):
     kept here, per step.
     """
 
-    def __init__(self, log):
+    def __init__(self, log) -> None:
         self.log = log
         self.timings: dict[int, dict] = {}
         self.training_seconds = 0.0
@@ -207,7 +207,7 @@ def _loss_svg(train: list[tuple], evals: list[tuple], width: int, height: int) -
     ]
     if evals:
         # A dot per evaluation (zero-length strokes with round caps): one evaluation is still visible.
-        dots = "".join(f"M{xy(*p, ' ')}h0" for p in evals)
+        dots = "".join(f"M{xy(step, loss, ' ')}h0" for step, loss in evals)
         lines.append(f'<path stroke="#ea580c" stroke-width="5" stroke-linecap="round" d="{dots}"/>')
         lines.append(f'<text x="{width - 2}" y="{top + 8}" text-anchor="end" fill="#ea580c">eval</text>')
     lines += [

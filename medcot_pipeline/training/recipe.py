@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sized
 from pathlib import Path
 
 from medcot_pipeline import backends, data_parallel
@@ -121,8 +122,10 @@ class LoraFinetuneRecipe:
         from medcot_pipeline.training.grading import agreed_kept_step
 
         state = self.trainer.state
-        self.kept_best = self.trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
-        self.kept_step = agreed_kept_step(self.trainer.accelerator, state.best_global_step if self.kept_best else state.global_step)
+        kept_best = self.trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
+        best_step = state.best_global_step if kept_best else None
+        self.kept_best = best_step is not None
+        self.kept_step = agreed_kept_step(self.trainer.accelerator, best_step if best_step is not None else state.global_step)
         if self.kept_step != state.global_step:
             self.log.info(f"kept the checkpoint of step {self.kept_step} (best graded), not the last step {state.global_step}")
 
@@ -148,6 +151,10 @@ class LoraFinetuneRecipe:
         losses = progress.loss_rows(state.log_history, self.progress.timings)
         evals = progress.eval_rows(state.log_history)
         graded_questions = min(job.settings.grade_questions, len(self.eval_frame)) if trainer.args.load_best_model_at_end else 0
+        # Map-style datasets (built from the frames in _setup_trainer), so their rows can be counted.
+        train_dataset, eval_dataset = trainer.train_dataset, trainer.eval_dataset
+        if not isinstance(train_dataset, Sized) or not (eval_dataset is None or isinstance(eval_dataset, Sized)):
+            raise TypeError(f"the trainer's datasets cannot be counted: {type(train_dataset).__name__}, {type(eval_dataset).__name__}")
         return TrainingSummary(
             backend=self.backend.name,
             base_weights=base_weights(trainer.model),
@@ -166,8 +173,8 @@ class LoraFinetuneRecipe:
             lineage=job.lineage,
             global_step=state.global_step,
             resumed_from=str(self.resume_from) if self.resume_from else None,
-            train_rows=len(trainer.train_dataset),
-            validation_rows=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+            train_rows=len(train_dataset),
+            validation_rows=len(eval_dataset) if eval_dataset is not None else 0,
             train_loss_final=losses[-1]["loss"] if losses else None,
             eval_loss_final=evals[-1]["eval_loss"] if evals else None,
             learning_rate_final=losses[-1]["learning_rate"] if losses else None,

@@ -11,7 +11,7 @@ from medcot_pipeline.chat_format import training_example
 def to_training_dataset(tokenizer, frame: pd.DataFrame) -> Dataset:
     """Conversational prompt-completion rows, so TRL computes the loss on the assistant turn only."""
     rows = []
-    for position, (question, target) in enumerate(zip(frame["question"], frame["target"])):
+    for position, (question, target) in enumerate(zip(frame["question"], frame["target"], strict=True)):
         for field, value in (("question", question), ("target", target)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"row {position}: {field} is empty or not text")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 import torch

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
 from urllib.parse import urlsplit
 
 # Seconds for the TCP connect that tells whether the server is there at all, and for wandb.init once it is.
@@ -24,7 +23,7 @@ def base_url() -> str:
     return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
 
 
-def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT) -> Optional[str]:
+def unreachable_reason(url: str, timeout: float = CONNECT_TIMEOUT) -> str | None:
     """Why the W&B server at `url` cannot be reached (name not resolved, connection refused, timed out), or None."""
     parts = urlsplit(url)
     host = parts.hostname

@@ -10,17 +10,17 @@ from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, SourceUnreach
 from medcot_pipeline.defs.metadata import benchmark_sources_table, records_preview, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, HubResource
 from medcot_pipeline.defs.stages import (
+    PROFILE,
     BenchmarkQuestionsConfig,
     FormattingConfig,
     RawDatasetConfig,
     current_code_version,
-    profile_settings,
     stage_asset,
 )
 
 # Only a source that could not be reached is retried (allow_retries below); bad data fails the same way every time.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
-HUB_DATASET = profile_settings("raw_dataset").hub_dataset
+HUB_DATASET = PROFILE.stages.raw_dataset.hub_dataset
 
 
 @dg.observable_source_asset(
@@ -44,7 +44,7 @@ def source_is_network(config) -> bool:
 @stage_asset(
     kinds={"huggingface", "parquet"},
     # Linked only where the profile reads the Hub: a new upstream commit then marks raw_dataset stale.
-    deps=[medical_o1_hub_dataset] if source_is_network(profile_settings("raw_dataset")) else None,
+    deps=[medical_o1_hub_dataset] if source_is_network(PROFILE.stages.raw_dataset) else None,
     retry_policy=NETWORK_RETRY,
 )
 def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, artifacts: ArtifactStore) -> dg.Output[str]:

@@ -1,6 +1,8 @@
 """Evaluation stage: the fine-tuned and the base model answer the held-out questions (rouge_report) and the
 standard benchmarks (benchmark_report); every difference comes with its paired interval."""
 
+from typing import Any
+
 import dagster as dg
 
 from medcot_pipeline.contracts import SAMPLES_FILE
@@ -91,7 +93,7 @@ def benchmark_report(
             code_version=current_code_version(context), merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("benchmark_report", context.run_id)
-    metadata = {}
+    metadata: dict[str, Any] = {}
     if report.stand_in:
         # First on the page: these numbers are not a benchmark result.
         metadata["not_a_benchmark"] = f"These questions are the stand-in sample, not MedQA, MedMCQA or PubMedQA: {SAMPLE_TITLE}."

@@ -1,6 +1,7 @@
 """Release stage: a model card and the release folder, pushed to the Hub when HF_TOKEN is set."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -8,9 +9,9 @@ from medcot_pipeline.artifact_store import ArtifactError
 from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, SplitsSummary, TrainingSummary
 from medcot_pipeline.defs.metadata import model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource, verified_inputs
+from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
-from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
 
 def check_lineage(
@@ -99,7 +100,7 @@ def hub_release(
     except (ReleaseError, ArtifactError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
-    metadata = {
+    metadata: dict[str, Any] = {
         # First on the page: what the gate decided, so that a disabled gate never reads as a pass.
         "release_gate": gate_headline(gate),
         "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(gate))),
