@@ -265,3 +265,30 @@ def read_json(path: Path | str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ContractError(f"{path}: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------------ release gate
+
+
+class GateCriterion(Contract):
+    """One rule of the release gate, with the number it judged."""
+
+    name: str  # what is judged, e.g. "format compliance (fine-tuned)"
+    rule: str  # how, in words: "at least", "not below the base's minus the tolerance"
+    threshold: float
+    value: Optional[float]  # None when it could not be measured (then the criterion does not pass)
+    passed: bool
+    percent: bool = False  # a share: shown as 66.7%, not 0.667
+
+
+class GateDecision(Contract):
+    """What the release gate decided: passed, failed, or disabled (the profile's thresholds cannot fail, so the
+    scores were not judged), each criterion against its value, and why in words."""
+
+    status: Literal["passed", "failed", "disabled"]
+    criteria: list[GateCriterion]
+    reasons: list[str] = []
+
+    @property
+    def blocks_release(self) -> bool:
+        return self.status == "failed"
