@@ -50,12 +50,14 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
     exit_code = 1  # marks the W&B run failed unless training gets to the end
     try:
         tracker = progress.TrainingProgress(log)
+        progress.quiet_progress_bars()
         model, tokenizer = backends.load_for_training(backend, job.base_model.reference, settings, job.max_seq_length)
         trainer = recipe.build_trainer(
             model, tokenizer, settings, job.max_seq_length, train_frame, eval_frame, str(checkpoint_dir),
             report_to=["wandb"] if wandb_run else [], run_name=job.wandb.run_name or None,
             callbacks=[tracker, *checkpoint_upload.callbacks(job, log)], backend=backend, log=log,
         )
+        progress.leave_reporting_to(trainer)
         resume_from = last_complete_checkpoint(checkpoint_dir, log)
         log.info(f"resuming from {Path(resume_from).name}" if resume_from else "no checkpoint, starting fresh")
         try:
@@ -117,7 +119,7 @@ def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
             wandb=wandb_location(wandb_run),
         )
         if distributed.is_main_process():
-            save_adapter(trainer.model, trainer.processing_class, output_dir, summary, history, log)
+            save_adapter(trainer.model, trainer.processing_class, output_dir, summary, log)
         exit_code = 0
     finally:
         if wandb_run is not None:
@@ -203,9 +205,10 @@ def last_complete_checkpoint(checkpoint_dir: Path, log: logging.Logger) -> str |
     return None
 
 
-def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, history: list, log) -> None:
+def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, log) -> None:
     """Adapter, tokenizer, summary and loss curve, appearing in `output_dir` all at once."""
-    from medcot_pipeline.training.progress import loss_curve_png
+    from medcot_pipeline.presentation.charts import loss_curve_png
+    from medcot_pipeline.presentation.training import loss_series
 
     if output_dir.exists():
         log.warning(f"replacing the earlier adapter at {output_dir}")
@@ -214,7 +217,7 @@ def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, h
         # Readers of the adapter generate, and generation pads on the left.
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(staging)
-        loss_curve_png(history, staging / LOSS_CURVE_FILE)
+        loss_curve_png(loss_series(summary), staging / LOSS_CURVE_FILE)
         summary.write(staging)
     kept = "" if summary.kept_step in (None, summary.global_step) else f", the checkpoint of step {summary.kept_step}"
     log.info(f"adapter saved ({summary.global_step} steps{kept})")
@@ -227,6 +230,8 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
     os.environ["WANDB_MODE"] = target.mode
     os.environ["WANDB_DIR"] = target.dir
     os.environ["WANDB_PROJECT"] = target.project
+    # No banner or run summary on stderr (dozens of lines); the line logged below says where the run is.
+    os.environ["WANDB_SILENT"] = "true"
     if target.entity:
         os.environ["WANDB_ENTITY"] = target.entity
     Path(target.dir).mkdir(parents=True, exist_ok=True)
@@ -250,114 +255,12 @@ def wandb_location(run) -> WandbRun | None:
     return WandbRun(run_path=run.path, url=run.url, dir=run.settings.sync_dir)
 
 
-def _value(raw, kind: str) -> dict:
-    """A typed Pipes metadata value; None becomes Dagster's null rather than a failed cast."""
-    return {"raw_value": raw, "type": "null" if raw is None else kind}
-
-
-def _table(rows: list[dict], columns: dict[str, str]) -> dict:
-    return _value(
-        {
-            "records": [{name: row.get(name) for name in columns} for row in rows],
-            "schema": [{"name": name, "type": kind} for name, kind in columns.items()],
-        },
-        "table",
-    )
-
-
-def _markdown_rows(rows: dict) -> dict:
-    """Facts for the page but not for the Plots tab: a two-column markdown table, numbers written for reading."""
-    def text(value) -> str:
-        if value is None:
-            return "n/a"
-        if isinstance(value, float):
-            return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:,.4g}"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-    lines = ["| | |", "|---|---|"] + [f"| {label} | {text(value).replace('|', '/')} |" for label, value in rows.items()]
-    return _value("\n".join(lines), "md")
-
-
 def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dict:
-    """The summary as Dagster metadata: the loss curve first (small enough to show inline), the few numbers
-    worth a chart across runs (the Plots tab draws every numeric entry), then the rest as tables."""
-    from medcot_pipeline.training.grading import GRADE_KEYS as grading_keys
-    from medcot_pipeline.training.progress import loss_chart_markdown, markdown_image
+    """lora_adapter's page (presentation/training.py), as Pipes metadata."""
+    from medcot_pipeline.presentation.entries import as_pipes_metadata
+    from medcot_pipeline.presentation.training import lora_adapter_page
 
-    wandb = summary.wandb
-    history = [{"step": r["step"], "loss": r["loss"]} for r in summary.loss_per_step] + [
-        {"step": r["step"], "eval_loss": r["eval_loss"]} for r in summary.eval_losses
-    ]
-    data = summary.model_dump()
-    kept = next((row for row in summary.graded_steps if row["step"] == summary.kept_step), {})
-
-    def rounded(value, digits: int = 4):
-        return None if value is None else float(f"{value:.{digits}g}")
-
-    return {
-        "loss_curve": _value(loss_chart_markdown(history), "md"),
-        "train_loss_final": _value(rounded(data["train_loss_final"]), "float"),
-        "eval_loss_final": _value(rounded(data["eval_loss_final"]), "float"),
-        "global_step": _value(data["global_step"], "int"),
-        "tokens_per_second": _value(rounded(data["tokens_per_second"]), "float"),
-        "training_seconds": _value(rounded(data["training_seconds"]), "float"),
-        "peak_gpu_memory_gib": _value(rounded(data["peak_gpu_memory_gib"], 3), "float"),
-        # Grading during training (training/grading.py): the step whose answers graded best, and its grades.
-        "kept_step": _value(data["kept_step"], "int"),
-        "kept_format_compliance": _value(rounded(kept.get("format_compliance")), "float"),
-        "kept_rouge_l_response": _value(rounded(kept.get("rouge_l_response")), "float"),
-        "training": _markdown_rows({
-            "profile": summary.profile,
-            "backend": summary.backend,
-            "base weights": summary.base_weights,
-            "hardware": summary.hardware,
-            "processes": summary.processes,
-            "rows a step (global batch)": summary.global_batch_rows,
-            "steps": summary.global_step,
-            "resumed from": Path(summary.resumed_from).name if summary.resumed_from else "no checkpoint",
-            "final learning rate": summary.learning_rate_final,
-            "training rows": summary.train_rows,
-            "validation rows": summary.validation_rows,
-            "tokens seen": summary.tokens_seen,
-            "wall time (s)": summary.wall_time_seconds,
-            "graded questions": summary.graded_questions,
-            "checkpoint kept by": summary.kept_by,
-        }),
-        "loss_per_step": _table(
-            [
-                {**row, "loss": rounded(row.get("loss")), "grad_norm": rounded(row.get("grad_norm")),
-                 # In scientific notation: the UI would write 2.7e-05 as 0.00002727272727272727.
-                 "learning_rate": None if row.get("learning_rate") is None else f"{row['learning_rate']:.3e}"}
-                for row in data["loss_per_step"]
-            ],
-            {
-                "step": "int",
-                "loss": "float",
-                "learning_rate": "string",
-                "grad_norm": "float",
-                "tokens_seen": "int",
-                "tokens_per_second": "float",
-                "elapsed_s": "float",
-                "peak_gpu_memory_gib": "float",
-            },
-        ),
-        "eval_losses": _table(
-            [{**row, "eval_loss": rounded(row.get("eval_loss"))} for row in data["eval_losses"]], {"step": "int", "eval_loss": "float"}
-        ),
-        # What each evaluation's answers scored (format compliance, ROUGE-L, cut off) beside eval loss.
-        "graded_steps": _table(
-            [
-                {**row, **{key: rounded(row.get(key)) for key in ("eval_loss", *grading_keys)}, "kept": row["step"] == data["kept_step"]}
-                for row in data["graded_steps"]
-            ],
-            {"step": "int", "eval_loss": "float", **{key: "float" for key in grading_keys}, "kept": "bool"},
-        ),
-        "loss_curve_png": _value(markdown_image(adapter_dir / LOSS_CURVE_FILE), "md"),
-        "backend": _value(data["backend"], "text"),
-        "versions": _value(data["versions"], "json"),
-        "resumed_from": _value(data["resumed_from"], "path"),
-        "wandb_run": _value(None, "text") if wandb is None else _value(wandb.url, "url") if wandb.url else _value(wandb.dir, "path"),
-    }
+    return as_pipes_metadata(lora_adapter_page(summary, adapter_dir / LOSS_CURVE_FILE))
 
 
 def main() -> None:

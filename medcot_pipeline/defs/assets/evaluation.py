@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from medcot_pipeline.contracts import SAMPLES_FILE
+from medcot_pipeline.artifact_store import ArtifactError
+from medcot_pipeline.contracts import SAMPLES_FILE, ContractError, EvaluationReport, MergeRecord, TrainingSummary
 from medcot_pipeline.data.schema import read_split
-from medcot_pipeline.defs.metadata import answers_side_by_side, answers_table, comparison, rounded, summary_table
+from medcot_pipeline.defs.metadata import metadata_values
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource
 from medcot_pipeline.defs.stages import EvaluationConfig, current_code_version, stage_asset
 
@@ -34,29 +35,19 @@ def rouge_report(
             merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
-    tuned, base = report.fine_tuned, report.base
-    samples = out_dir / SAMPLES_FILE
-    metadata = {
-        # What a reader looks for first: the scores side by side, then the answers beside the reference.
-        "comparison": comparison(report),
-        "answers_side_by_side": answers_side_by_side(samples),
-        "answers": answers_table(samples),
-        # The numbers worth a chart across runs (the Plots tab draws every numeric entry).
-        "rouge_l_response": rounded(tuned.rouge_l_response),
-        "format_compliance": rounded(tuned.format_compliance),
-        "generation_tokens_per_second": rounded(tuned.tokens_per_second),
-    }
-    if base is not None:
-        metadata["base_rouge_l_response"] = rounded(base.rouge_l_response)
-    settings = report.settings  # as the run was configured (the launchpad may have changed the profile's values)
-    metadata["evaluation"] = summary_table({
-        "questions": report.n,
-        "decoding": "sampled" if settings.do_sample else "greedy",
-        "max_new_tokens (+ continuation)": f"{settings.max_new_tokens} (+ {settings.continuation_tokens})",
-        "batch size": settings.batch_size,
-        "attention, KV cache": f"{settings.attention}, {settings.kv_cache}",
-        "fine-tuned: generation seconds": tuned.wall_seconds,
-        **({"base: generation seconds": base.wall_seconds} if base is not None else {}),
-    })
-    metadata["path"] = dg.MetadataValue.path(str(out_dir))
-    return dg.Output(str(out_dir), metadata=metadata)
+    return dg.Output(str(out_dir), metadata=rouge_report_metadata(report, out_dir, merged_model, artifacts))
+
+
+def rouge_report_metadata(report: EvaluationReport, out_dir, merged_model: str, artifacts: ArtifactStore) -> dict:
+    """The page (presentation/report.py): the gate's verdict, the loss curve of the training behind the graded
+    model (followed through merge.json to its training summary), the best and worst answer, then the rest."""
+    from medcot_pipeline.presentation.report import rouge_report_page
+    from medcot_pipeline.release.gate import decide
+
+    try:
+        adapter = artifacts.store().local_copy(MergeRecord.read(merged_model).adapter_dir)
+        training = TrainingSummary.read(adapter)
+    except (ContractError, ArtifactError):
+        training = None  # a merged model from before merge.json named its adapter: the page goes without the curve
+    page = rouge_report_page(report, decide(report), out_dir / SAMPLES_FILE, training)
+    return {**metadata_values(page), "path": dg.MetadataValue.path(str(out_dir))}
