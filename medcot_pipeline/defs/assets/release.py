@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from medcot_pipeline.contracts import EvaluationReport, MergeRecord, TrainingSummary
-from medcot_pipeline.defs.metadata import model_card_markdown
+from medcot_pipeline.defs.metadata import metadata_values, model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
@@ -42,7 +42,7 @@ def hub_release(
     """The release folder (merged model, adapter, model card), pushed to the Hub only with HF_TOKEN set."""
     from medcot_pipeline.contracts import ContractError
     from medcot_pipeline.release.hub_publishing import HubUnavailableError, ReleaseError, push_release, stage_release
-    from medcot_pipeline.release.model_card import ReleaseFacts, build_model_card
+    from medcot_pipeline.release.model_card import ReleaseFacts, ReleaseFactsError, build_model_card
 
     # Every fact comes from the artifacts this release is made of, following their own records upstream.
     try:
@@ -53,20 +53,21 @@ def hub_release(
         raise dg.Failure(str(err), allow_retries=False) from None
     # Contracts name artifacts by their location in the root (on object storage, not this node's copies).
     check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter))
-    facts = ReleaseFacts(
-        repo_id=config.repo_id,
-        license=config.license,
-        training=summary,
-        evaluation=report,
-        code_version={
-            **{asset: version or "unknown" for asset, version in summary.lineage.items()},
-            "lora_adapter": summary.code_version or "unknown",
-            "merged_model": merge.code_version or "unknown",
-            "rouge_report": report.code_version or "unknown",
-            "hub_release": current_code_version(context) or "unknown",
-        },
-        adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
-    )
+    try:
+        facts = ReleaseFacts.from_artifacts(
+            config.repo_id, lora_adapter, rouge_report,
+            code_version={
+                **{asset: version or "unknown" for asset, version in summary.lineage.items()},
+                "lora_adapter": summary.code_version or "unknown",
+                "merged_model": merge.code_version or "unknown",
+                "rouge_report": report.code_version or "unknown",
+                "hub_release": current_code_version(context) or "unknown",
+            },
+            adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
+            license=config.license,
+        )
+    except ReleaseFactsError as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
     card = build_model_card(facts)
     try:
         with artifacts.new_version("hub_release", context.run_id) as staging:
@@ -77,14 +78,7 @@ def hub_release(
     except ReleaseError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
-    metadata = {
-        "path": dg.MetadataValue.path(str(staged)),
-        "repo_id": config.repo_id,
-        "private": config.private,
-        "files": str(len(manifest.files)),
-        "size": f"{manifest.total_bytes / 2**20:,.1f} MiB",
-        "model_card": model_card_markdown(card),
-    }
+    metadata = release_metadata(facts, rouge_report, card, staged, manifest, config)
     if not hub.token:
         context.log.warning("HF_TOKEN is not set: the release is staged locally and nothing was pushed.")
         return dg.Output(str(staged), metadata={**metadata, "status": "staged, not pushed (HF_TOKEN is not set)"})
@@ -101,3 +95,23 @@ def hub_release(
         metadata={**metadata, "status": status, "repo_url": dg.MetadataValue.url(pushed["repo_url"]),
                   "commit": pushed.get("commit_oid") or "none"},
     )
+
+
+def release_metadata(facts, rouge_report: str, card, staged: Path, manifest, config: ReleaseConfig) -> dict:
+    """The page opens as rouge_report's does (the gate's verdict, the loss curve, the best and worst answer, from
+    the same artifacts the card states), then what was staged and the card itself."""
+    from medcot_pipeline.contracts import SAMPLES_FILE
+    from medcot_pipeline.presentation.report import verdict_entries
+    from medcot_pipeline.presentation.text import size_text
+
+    opening = verdict_entries(facts.decision, facts.evaluation, Path(rouge_report) / SAMPLES_FILE, facts.training)
+    return {
+        **metadata_values(opening),
+        "path": dg.MetadataValue.path(str(staged)),
+        "repo_id": config.repo_id,
+        "private": config.private,
+        "license": facts.license,
+        "files": str(len(manifest.files)),
+        "size": size_text(manifest.total_bytes),
+        "model_card": model_card_markdown(card),
+    }
