@@ -56,3 +56,16 @@ def verdict_markdown(decision: GateDecision, report: EvaluationReport) -> str:
         parts.append(table_cell(decision.reasons[0]))
     parts += [criteria_table(decision), differences_text(report)]
     return "\n\n".join(parts)
+
+
+def verdict_line(decision: GateDecision) -> str:
+    """The decision in one line, for the run's log: `release gate FAILED: format compliance (fine-tuned) 50.0%,
+    threshold 90.0% ✗; …`; a disabled gate says it judged nothing."""
+    judged = "; ".join(
+        f"{c.name} {criterion_value(c, c.value)}, threshold {criterion_value(c, c.threshold)}"
+        + ("" if decision.status == "disabled" else " ✓" if c.passed else " ✗")
+        for c in decision.criteria
+    )
+    if decision.status == "disabled":
+        return f"release gate DISABLED: {decision.reasons[0]} ({judged})"
+    return f"release gate {decision.status.upper()}: {judged}"

@@ -31,8 +31,8 @@ def decide(report: EvaluationReport) -> GateDecision:
         reasons.append("the base model was not evaluated, so ROUGE-L was not compared with it")
     if floor <= 0 and tolerance >= 1:
         status = "disabled"
-        reasons.insert(0, f"disabled by the profile (format_compliance_floor {floor:g}, rouge_tolerance {tolerance:g}): "
-                          "no score can fail these thresholds, so nothing was judged")
+        reasons.insert(0, f"the profile sets format_compliance_floor {floor:g} and rouge_tolerance {tolerance:g}, "
+                          "which no score can fail, so nothing was judged")
     else:
         status = "passed" if all(c.passed for c in criteria) else "failed"
         reasons[:0] = [f"{c.name} {'meets' if c.passed else 'misses'} its threshold" for c in criteria]

@@ -35,13 +35,15 @@ def rouge_report(
             merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
-    return dg.Output(str(out_dir), metadata=rouge_report_metadata(report, out_dir, merged_model, artifacts))
+    return dg.Output(str(out_dir), metadata=rouge_report_metadata(report, out_dir, merged_model, artifacts, context.log))
 
 
-def rouge_report_metadata(report: EvaluationReport, out_dir, merged_model: str, artifacts: ArtifactStore) -> dict:
+def rouge_report_metadata(report: EvaluationReport, out_dir, merged_model: str, artifacts: ArtifactStore, log) -> dict:
     """The page (presentation/report.py): the gate's verdict, the loss curve of the training behind the graded
-    model (followed through merge.json to its training summary), the best and worst answer, then the rest."""
+    model (followed through merge.json to its training summary), the best and worst answer, then the rest. The
+    verdict goes to the run's log too, where a disabled gate would otherwise read as a passed check."""
     from medcot_pipeline.presentation.report import rouge_report_page
+    from medcot_pipeline.presentation.verdict import verdict_line
     from medcot_pipeline.release.gate import decide
 
     try:
@@ -49,5 +51,7 @@ def rouge_report_metadata(report: EvaluationReport, out_dir, merged_model: str, 
         training = TrainingSummary.read(adapter)
     except (ContractError, ArtifactError):
         training = None  # a merged model from before merge.json named its adapter: the page goes without the curve
-    page = rouge_report_page(report, decide(report), out_dir / SAMPLES_FILE, training)
+    decision = decide(report)
+    log.info(verdict_line(decision))
+    page = rouge_report_page(report, decision, out_dir / SAMPLES_FILE, training)
     return {**metadata_values(page), "path": dg.MetadataValue.path(str(out_dir))}
