@@ -55,6 +55,7 @@ class RunLogFollower:
         self.cursor: Optional[str] = None
         self.asset_steps: set[str] = set()  # steps that materialize an asset (the others run checks)
         self.started: dict[str, float] = {}
+        self.passed: dict[str, list[tuple[str, str]]] = {}  # check step -> (check, asset) that passed, not yet said
 
     def poll(self, instance: dg.DagsterInstance) -> None:
         while True:
@@ -87,6 +88,15 @@ class RunLogFollower:
         indent = " " * (len(when) + STEP_WIDTH + 4)
         return "\n".join([f"{when}  {(step or 'run'):<{STEP_WIDTH}}  {lines[0]}", *(indent + line for line in lines[1:])])
 
+    def _passed_checks(self, entry, step: str) -> Optional[str]:
+        passed = self.passed.pop(step, [])
+        if not passed:
+            return None
+        names = sorted({name for name, _ in passed})
+        if len(passed) == 1:
+            return self._say(entry, passed[0][1], f"check {names[0]}: passed")
+        return self._say(entry, None, f"check {', '.join(names)}: passed on {len(passed)} assets")
+
     def line(self, entry) -> Optional[str]:
         """The terminal's line for one event, or None for what only the file and the UI keep."""
         if not entry.is_dagster_event:
@@ -111,10 +121,16 @@ class RunLogFollower:
             return self._say(entry, None, _first_line(event.message))
         if kind == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
-            result = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value.lower()})"
-            return self._say(entry, evaluation.asset_key.to_user_string(), f"check {evaluation.check_name}: {result}")
-        if step not in self.asset_steps and kind in (DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS):
-            return None  # a check's step: its evaluation is its line
+            asset = evaluation.asset_key.to_user_string()
+            if evaluation.passed:  # said when the check's step ends: one line for a check of many assets
+                self.passed.setdefault(step, []).append((evaluation.check_name, asset))
+                return None
+            severity = evaluation.severity.value.lower()
+            return self._say(entry, asset, f"check {evaluation.check_name}: FAILED ({severity}){': ' + evaluation.description if evaluation.description else ''}")
+        if step not in self.asset_steps and kind == DagsterEventType.STEP_START:
+            return None  # a check's step: its evaluations are its line
+        if step not in self.asset_steps and kind == DagsterEventType.STEP_SUCCESS:
+            return self._passed_checks(entry, step)
         if kind == DagsterEventType.STEP_START:
             self.started[step] = entry.timestamp
             return self._say(entry, step, "started")

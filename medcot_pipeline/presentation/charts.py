@@ -16,6 +16,9 @@ from typing import Optional
 from medcot_pipeline.presentation.text import percent_text
 
 INLINE_LIMIT = 1000  # Dagster's UI shows markdown inline below this many characters
+# Wide enough to read, narrow enough for the value column of an asset page's metadata table (the page's 896 px
+# pane less the key and timestamp columns): a wider image pushes the table past the pane's edge.
+CHART_WIDTH, CHART_HEIGHT = 440, 180
 ALT_TEXT = "loss per step"
 
 
@@ -49,7 +52,7 @@ def _eval_label(step: int, loss: float, series: LossSeries, svg: bool = False, s
     return f"{step}: " + ", ".join(parts) if parts else str(step)
 
 
-def loss_svg(series: LossSeries, width: int = 640, height: int = 220, points: int = 60, short: bool = False) -> str:
+def loss_svg(series: LossSeries, width: int = CHART_WIDTH, height: int = CHART_HEIGHT, points: int = 60, short: bool = False) -> str:
     """The chart as SVG text: the loss range and the step range on the axes, each evaluation labelled.
 
     Written tersely (named colours, shared attributes on groups): every character counts against the inline limit.
@@ -75,7 +78,9 @@ def loss_svg(series: LossSeries, width: int = 640, height: int = 220, points: in
         f"<text y='{top + 4}'>{high:.3f}</text><text y='{bottom}'>{low:.3f}</text>",
         f"<text x='{left}' y='{height - 4}'>step {first}</text>",
         f"<g text-anchor='end'><text x='{right}' y='{height - 4}'>step {last}</text>",
-        f"<text x='{right}' y='12' fill='blue'>train loss{', eval loss' + (' (% well-formed)' if short and series.compliance else '') if evals else ''}</text></g>",
+        f"<text x='{right}' y='12' fill='blue'>train loss"
+        + (f"<tspan fill='orangered'>, eval loss{' (% well-formed)' if short and series.compliance else ''}</tspan>" if evals else "")
+        + "</text></g>",
     ]
     if train:
         # Relative moves ("l5,-3") are shorter than absolute points; a lone step is a dot (a zero-length round stroke).
@@ -113,7 +118,7 @@ def _image_destination(svg: str) -> str:
     return f"<data:image/svg+xml,{text}>"
 
 
-def loss_chart_markdown(series: LossSeries, width: int = 640, height: int = 220, limit: int = INLINE_LIMIT) -> str:
+def loss_chart_markdown(series: LossSeries, width: int = CHART_WIDTH, height: int = CHART_HEIGHT, limit: int = INLINE_LIMIT) -> str:
     """The chart as a markdown image under `limit` characters: the train curve is thinned, then the labels
     shortened, until it fits."""
     if not series.train and not series.evals:

@@ -21,8 +21,9 @@ from medcot_pipeline.presentation.text import (
 # The per-step numbers, in two tables narrow enough for the page's value column: how it learned, how fast.
 LOSS_COLUMNS = {"step": "int", "loss": "float", "learning_rate": "string", "grad_norm": "float"}
 SPEED_COLUMNS = {"step": "int", "tokens_seen": "int", "tokens_per_second": "float", "elapsed_s": "float", "peak_gpu_memory_gib": "float"}
-GRADE_COLUMNS = {"step": "int", "eval_loss": "float", "format_compliance": "float", "rouge_l_response": "float",
-                 "truncation_rate": "float", "kept": "bool"}
+# The page's evaluations table: its headers cannot wrap, so it keeps to five columns (the cut-off share of each
+# evaluation is in training_summary.json, W&B and the model card's table of graded steps).
+GRADE_COLUMNS = {"step": "int", "eval_loss": "float", "format_compliance": "float", "rouge_l_response": "float", "kept": "bool"}
 
 
 def loss_series(summary: TrainingSummary) -> LossSeries:
