@@ -141,8 +141,11 @@ def stage_asset(**asset_kwargs) -> Callable:
 
         @functools.wraps(fn)  # Dagster reads the parameters and annotations through __wrapped__
         def tagged(context: dg.AssetExecutionContext, *args, **kwargs):
+            from medcot_pipeline.defs.settings_changes import with_run_settings
+
             tag_run_with_profile(context)
-            return fn(context, *args, **kwargs)
+            # The settings it ran with go into its metadata: what settings_match_profile compares with the profile.
+            return with_run_settings(fn(context, *args, **kwargs), stage.asset, kwargs)
 
         return dg.asset(
             name=stage.asset,
