@@ -149,8 +149,10 @@ def test_local_sources_stay_out_of_hub_metadata(tmp_path):
     assert "Hardware: CPU (x86_64). Training wall time: 1 min 15 s." in card.text
     assert "the LoRA adapter is not" in card.text
 
-    local = build_model_card(facts(training=training_summary(base_model=BaseModelRef(name=str(tmp_path), reference=str(tmp_path)))))
-    assert local.data.base_model is None and f"`{tmp_path}` (a local checkpoint)" in local.text
+    checkpoint = tmp_path / "my-base"
+    local = build_model_card(facts(training=training_summary(base_model=BaseModelRef(name=str(checkpoint), reference=str(checkpoint)))))
+    assert local.data.base_model is None and "`my-base` (a local checkpoint)" in local.text  # its name, not its path
+    assert 'from_pretrained("path/to/my-base"' in local.text and str(tmp_path) not in str(local)
 
 
 def test_adapter_location_is_explained():
@@ -331,6 +333,7 @@ def test_every_fact_on_a_real_card_comes_from_the_run(real_release):
     # Nothing of the machine that trained is published: the offline W&B run is said to be offline, not where it is.
     assert summary.wandb is not None and summary.wandb.url is None
     assert "logged to Weights & Biases offline" in text and str(out) not in published and str(Path.home()) not in published
+    assert summary.base_model.name not in published  # the local base checkpoint: by its directory's name
     # One rounding: no measured number with more than three decimals.
     assert not re.search(r"(?<![\w.])\d+\.\d{4,}(?![\w.])", text), re.findall(r"\d+\.\d{4,}", text)
 

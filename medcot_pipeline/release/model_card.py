@@ -112,6 +112,11 @@ class ReleaseFacts:
         return self.training.base_model.name
 
     @property
+    def local_base_name(self) -> str:
+        """A base model that is no Hub id, by its directory's name: the rest is a path on the machine that trained."""
+        return Path(self.base_model).name or self.base_model
+
+    @property
     def dataset_id(self) -> str:
         """The Hub id, or a name for a dataset without one (never a path on the machine that trained)."""
         dataset = self.training.dataset
@@ -447,7 +452,7 @@ def _adapter_section(facts: ReleaseFacts, base_id: Optional[str]) -> str:
     else:
         where = f"in its own repository, [{location}](https://huggingface.co/{location})"
         load = f'PeftModel.from_pretrained(base, "{location}")'
-    base_ref = base_id or facts.base_model
+    base_ref = base_id or f"path/to/{facts.local_base_name}"
     return (
         "## LoRA adapter\n\n"
         f"The adapter alone ({size_text(facts.adapter_bytes)}) is {where}. Apply it to the base model with PEFT:\n\n"
@@ -481,7 +486,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         template_str=MODEL_CARD_TEMPLATE,
         title=facts.repo_id.split("/")[-1],
         repo_id=facts.repo_id,
-        base_link=_link(base_id, facts.base_model),
+        base_link=_link(base_id, facts.local_base_name),
         dataset_link=_dataset_link(dataset_id, facts.dataset_id),
         dataset_config=facts.dataset_config or "default",
         dataset_revision=facts.dataset_revision or "not recorded",
