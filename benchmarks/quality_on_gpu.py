@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_model import DEFAULT_RECORDS  # noqa: E402
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
-ASSETS = ("raw_dataset", "formatted_splits", "lora_adapter", "merged_model", "rouge_report")
+ASSETS = ("raw_dataset", "benchmark_questions", "formatted_splits", "lora_adapter", "merged_model", "rouge_report")
 TARGET = {"format_compliance_min": 0.95, "rouge_l_response_over_base_min": 0.08, "truncation_rate_max": 0.05}
 
 # Training values per setting, over a profile's layout (batch, accumulation, packing, 4-bit, checkpointing).
@@ -73,6 +73,10 @@ SETTINGS: dict[str, dict] = {
     # questions at each evaluation) and off: what grading costs and which step it keeps.
     "h100-profile": {"layout": "h100", "base": True, "lora": {}},
     "h100-profile-nograde": {"layout": "h100", "lora": {"grade_questions": 0}},
+    # Further along the direction the sweep above found (more learning helped): on the profile's values,
+    # twice the learning rate, or twice the steps. Run over split seeds (--seeds) to choose on the mean.
+    "h100-profile-lr2e-3": {"layout": "h100", "lora": {"learning_rate": 2e-3}},
+    "h100-profile-s134": {"layout": "h100", "lora": {"max_steps": 134, "eval_steps": 34}},
     "t4-profile": {"layout": "t4", "lora": {}},
 }
 # --tiny: a two-layer random Llama on the CPU, a dozen records, two steps, two short answers.
@@ -97,11 +101,15 @@ def build_profile(setting: dict, records: Path, artifacts: Path, base_model: str
     evaluation = ops["rouge_report"]["config"]
     # Every held-out question; one batch; the dynamic cache (a 135M model decodes faster eagerly than it compiles).
     evaluation.update(num_questions=None, batch_size=64, kv_cache="dynamic", compare_with_base=bool(setting.get("base")))
+    # No network on a GPU host: the stand-in benchmark sample (formatted_splits decontaminates against it).
+    ops["benchmark_questions"] = {"config": {"source": "sample"}}
+    if setting.get("split_seed") is not None:
+        ops["formatted_splits"]["config"]["seed"] = setting["split_seed"]
     if tiny:
         # The real records run past the tiny run's 384 tokens: keep them, cut by the trainer.
         ops["formatted_splits"]["config"].update(validation_size=2, overlength_policy="truncate")
         evaluation.update(num_questions=2, batch_size=2, max_new_tokens=8, continuation_tokens=4,
-                          format_compliance_floor=0.0, rouge_tolerance=1.0)
+                          gate_enabled=False)
     profile["resources"] = {
         "artifacts": {"config": {"root": str(artifacts)}},
         "base_model": {"config": {"name": base_model, "max_seq_length": max_seq_length}},
@@ -119,8 +127,11 @@ def run_setting(name: str, work: Path) -> int:
 
     started = time.perf_counter()
     instance = dg.DagsterInstance.ephemeral()
-    job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(a) for a in ASSETS], raise_on_error=False)
+    keys = {dg.AssetKey(a) for a in ASSETS}
+    # Every check of these assets but the release gate, which also reads benchmark_report (not run here).
+    checks = {key for spec in (defs.asset_checks or []) for key in spec.check_keys if key.asset_key in keys and key.name != "release_gate"}
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=keys, asset_check_selection=checks)
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
     wall = time.perf_counter() - started
 
     steps: dict[str, float] = {}
@@ -203,6 +214,11 @@ def summarize(name: str, setting: dict, raw: dict, base_scores: dict | None) -> 
         "base_from": "this run" if report.get("base") else ("another setting's run (same split, same greedy decoding)" if base else None),
         "samples": raw.get("samples"),
     }
+    intervals = {c["metric"]: c for c in report.get("comparisons") or []}
+    if intervals:
+        row["intervals"] = {k: {f: intervals[k][f] for f in ("difference", "low", "high", "verdict")} for k in
+                            ("rouge_l_response", "format_compliance", "truncation_rate") if k in intervals}
+    row["split_seed"] = setting.get("split_seed")
     if tuned and base and base.get("rouge_l_response") is not None:
         row["rouge_l_response_over_base"] = round(tuned["rouge_l_response"] - base["rouge_l_response"], 4)
         row["meets_target"] = (
@@ -211,6 +227,65 @@ def summarize(name: str, setting: dict, raw: dict, base_scores: dict | None) -> 
             and tuned["truncation_rate"] <= TARGET["truncation_rate_max"]
         )
     return row
+
+
+def seed_summary(rows: list[dict], seeds: list[int], profile_setting: str) -> dict:
+    """Per setting over the split seeds: each run's numbers, their mean and spread, and the target on the mean.
+    The profile's own setting comes first in the issue's layout (profile, seeds, runs, mean)."""
+    keys = ("format_compliance", "rouge_l_response_over_base", "truncation_rate")
+
+    def values(run: dict) -> dict:
+        tuned = run.get("fine_tuned") or {}
+        return {"format_compliance": tuned.get("format_compliance"), "truncation_rate": tuned.get("truncation_rate"),
+                "rouge_l_response_over_base": run.get("rouge_l_response_over_base")}
+
+    by_setting: dict[str, list[dict]] = {}
+    for row in rows:
+        by_setting.setdefault(row["setting"].split("@")[0], []).append(row)
+    summaries = {}
+    for name, runs in by_setting.items():
+        numbers = [values(run) for run in runs if run.get("success")]
+        stats = {}
+        for key in keys:
+            column = [n[key] for n in numbers if n[key] is not None]
+            if column:
+                mean = sum(column) / len(column)
+                spread = (sum((v - mean) ** 2 for v in column) / (len(column) - 1)) ** 0.5 if len(column) > 1 else 0.0
+                stats[key] = {"mean": round(mean, 4), "sd": round(spread, 4), "min": round(min(column), 4), "max": round(max(column), 4)}
+        mean = {key: stats[key]["mean"] for key in stats}
+        meets = len(mean) == len(keys) and (
+            mean["format_compliance"] >= TARGET["format_compliance_min"]
+            and mean["rouge_l_response_over_base"] >= TARGET["rouge_l_response_over_base_min"]
+            and mean["truncation_rate"] <= TARGET["truncation_rate_max"]
+        )
+        summaries[name] = {
+            "seeds": [run.get("split_seed") for run in runs],
+            "runs": [{"seed": run.get("split_seed"), "success": run.get("success"), **values(run),
+                      "rouge_l_response": (run.get("fine_tuned") or {}).get("rouge_l_response"),
+                      "base_rouge_l_response": (run.get("base") or {}).get("rouge_l_response"),
+                      "rouge_l_gain_interval": (run.get("intervals") or {}).get("rouge_l_response"),
+                      "kept_step": run.get("kept_step"), "graded_per_step": run.get("graded_per_step"),
+                      "validation_records": run.get("validation_records"), "train_records": run.get("train_records"),
+                      "lora_adapter_seconds": (run.get("step_seconds") or {}).get("lora_adapter"),
+                      "training_seconds": run.get("training_seconds")} for run in runs],
+            "mean": mean,
+            "spread": stats,
+            "meets_target_on_mean": meets,
+            "training_values": runs[0].get("training_values") if runs else None,
+        }
+    profile = summaries.get(profile_setting, {})
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "profile": profile_setting.replace("-profile", ""),
+        "setting": profile_setting,
+        "seeds": seeds,
+        "runs": profile.get("runs", []),
+        "mean": profile.get("mean", {}),
+        "spread": profile.get("spread", {}),
+        "target": TARGET,
+        "meets_target_on_mean": profile.get("meets_target_on_mean"),
+        "settings": summaries,
+    }
 
 
 def shared_base_model(work: Path, tiny: bool, records: Path) -> tuple[str, Path | None]:
@@ -238,6 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: a two-layer random model, one tiny setting")
     parser.add_argument("--out", type=Path, default=Path("quality_on_gpu.json"))
+    parser.add_argument("--seeds", default="", help="comma-separated split seeds: every setting runs once per seed, with the base")
+    parser.add_argument("--seeds-out", type=Path, help="where to write the per-setting summary over seeds (quality_seeds.json)")
+    parser.add_argument("--profile-setting", default="h100-profile", help="the setting --seeds-out reports as the profile")
     parser.add_argument("--run-setting", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_setting:
@@ -247,6 +325,9 @@ def main(argv=None) -> int:
         SETTINGS if args.settings == "all" else {n: SETTINGS[n] for n in args.settings.split(",")})
     common = dict(item.split("=", 1) for item in args.lora_set)
     settings = {n: {**s, "lora": {**s["lora"], **{k: yaml.safe_load(v) for k, v in common.items()}}} for n, s in settings.items()}
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    if seeds:
+        settings = {f"{n}@seed{seed}": {**s, "base": True, "split_seed": seed, "setting": n} for n, s in settings.items() for seed in seeds}
     work = args.work or Path(tempfile.mkdtemp(prefix="medcot-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     records = args.records.resolve()
@@ -287,9 +368,12 @@ def main(argv=None) -> int:
         print(f"started {name} on GPU {gpu}", flush=True)
 
     def write() -> None:
-        base_scores = next((r.get("report", {}).get("base") for r in results.values() if (r.get("report") or {}).get("base")), None)
+        base_scores = None if seeds else next((r.get("report", {}).get("base") for r in results.values() if (r.get("report") or {}).get("base")), None)
         report["settings"] = [summarize(n, settings[n], results[n], base_scores) for n in settings if n in results]
         args.out.write_text(json.dumps(report, indent=2, default=str))
+        if seeds and args.seeds_out:
+            args.seeds_out.parent.mkdir(parents=True, exist_ok=True)
+            args.seeds_out.write_text(json.dumps(seed_summary(report["settings"], seeds, args.profile_setting), indent=2, default=str))
 
     while queue or running:
         for name, (process, gpu, started) in list(running.items()):

@@ -15,7 +15,13 @@ from typing import Any, ClassVar, Literal, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medcot_pipeline.artifact_io import write_text_atomic
-from medcot_pipeline.settings import EvaluationSettings, FormattingSettings, TrainingSettings
+from medcot_pipeline.settings import (
+    BenchmarkEvaluationSettings,
+    BenchmarkQuestionsSettings,
+    EvaluationSettings,
+    FormattingSettings,
+    TrainingSettings,
+)
 
 C = TypeVar("C", bound="Contract")
 
@@ -79,6 +85,18 @@ class DatasetProvenance(Contract):
     code_version: Optional[str] = None
 
 
+class DecontaminationSummary(Contract):
+    """What formatted_splits removed from the training split by n-gram overlap (data/decontamination.py)."""
+
+    ngram_words: int
+    min_words: int
+    boilerplate_documents: int
+    references: dict[str, int]  # reference set -> texts compared ("validation", "benchmark:medqa", ...)
+    removed_by_source: dict[str, int]  # a record overlapping two sets counts under both
+    removed_rows: int
+    boilerplate_ngrams: int
+
+
 class SplitsSummary(Contract):
     """formatted_splits' summary.json: what went in, what was dropped and why, how it was split."""
 
@@ -97,6 +115,7 @@ class SplitsSummary(Contract):
     validation_rows: int
     dropped_rows: int
     dropped_share: float
+    decontamination: Optional[DecontaminationSummary] = None
     content_sha256: str
     code_version: Optional[str] = None
 
@@ -230,6 +249,27 @@ class ModelScores(Contract):
 SAMPLES_FILE = "samples.jsonl"
 
 
+class PairedComparison(Contract):
+    """Fine-tuned minus base on one metric over the same questions, with its paired bootstrap interval
+    (evaluation/paired_stats.py) and the verdict that interval gives."""
+
+    metric: str  # e.g. "rouge_l_response", "accuracy:medqa"
+    label: str
+    higher_is_better: bool
+    n: int
+    base: float
+    fine_tuned: float
+    difference: float  # fine_tuned - base
+    low: float  # the interval of the difference
+    high: float
+    confidence: float
+    verdict: Literal["better", "no detectable change", "worse"]
+    # Right/wrong outcomes (accuracy): McNemar's exact test on the questions only one model got right.
+    mcnemar_p: Optional[float] = None
+    fine_tuned_only: Optional[int] = None
+    base_only: Optional[int] = None
+
+
 class EvaluationReport(Contract):
     """rouge_report's report.json: the scores, the settings that produced them, and what was graded."""
 
@@ -241,7 +281,100 @@ class EvaluationReport(Contract):
     settings: EvaluationSettings
     fine_tuned: ModelScores
     base: Optional[ModelScores] = None
+    # Fine-tuned minus base per metric, with intervals; empty without the base model.
+    comparisons: list[PairedComparison] = []
     code_version: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+
+
+class BenchmarkSource(Contract):
+    name: str  # "medqa", "medmcqa", "pubmedqa", or "sample" (the stand-in written for this project)
+    title: str
+    questions: int
+    skipped: int = 0  # records without a question, two options or a correct letter
+    location: str
+    revision: Optional[str] = None  # as requested
+    commit: Optional[str] = None  # what it resolved to
+    stand_in: bool = False
+
+
+class BenchmarkQuestions(Contract):
+    """benchmark_questions' benchmarks.json: which benchmark questions the table holds and where they came from."""
+
+    FILE: ClassVar[str] = "benchmarks.json"
+
+    settings: BenchmarkQuestionsSettings
+    sources: list[BenchmarkSource]
+    content_sha256: str
+    code_version: Optional[str] = None
+
+    @property
+    def stand_in(self) -> bool:
+        return any(source.stand_in for source in self.sources)
+
+
+class BenchmarkScores(Contract):
+    """One model on one benchmark."""
+
+    benchmark: str
+    n: int
+    accuracy: float  # the choice read from the generated answer; an answer with no choice counts as wrong
+    correct: int
+    no_choice: dict[str, int]  # answers with no choice, by reason: cut off, no readable choice, several options named
+    cut_off_rate: float
+    loglikelihood_accuracy: Optional[float] = None  # option log-likelihood (lm-eval's way): the second number
+    mean_output_tokens: float
+
+
+class GenerationTotals(Contract):
+    wall_seconds: float  # inside model.generate
+    total_new_tokens: int
+    tokens_per_second: float
+
+
+# One JSON object a line per benchmark question and model (question, options, output, the choice read and how).
+BENCHMARK_ANSWERS_FILE = "answers.jsonl"
+
+
+class BenchmarkReport(Contract):
+    """benchmark_report's benchmark_report.json: accuracy per benchmark for each model, and fine-tuned minus base."""
+
+    FILE: ClassVar[str] = "benchmark_report.json"
+
+    models: dict[str, str]
+    merged_model_dir: str
+    settings: BenchmarkEvaluationSettings
+    sources: list[BenchmarkSource]
+    questions: int  # per model, over every benchmark
+    fine_tuned: list[BenchmarkScores]
+    base: list[BenchmarkScores] = []
+    comparisons: list[PairedComparison] = []
+    generation: dict[str, GenerationTotals]  # model label -> its generation over all benchmarks
+    wall_seconds: float  # the whole evaluation: loading, compiling, generating and scoring both models
+    code_version: Optional[str] = None
+
+    @property
+    def stand_in(self) -> bool:
+        return any(source.stand_in for source in self.sources)
+
+
+class GateCriterion(Contract):
+    name: str  # e.g. "ROUGE-L (response), lower end of the 95% interval of the gain"
+    threshold: float
+    direction: Literal[">=", "<="]
+    value: Optional[float]  # None: not measured (and then not passed)
+    passed: bool
+    note: str = ""
+
+
+class GateDecision(Contract):
+    """The release gate's decision: what blocks (or would block) hub_release, criterion by criterion."""
+
+    status: Literal["passed", "failed", "disabled"]
+    criteria: list[GateCriterion]
+    reasons: list[str]  # one line per failed criterion; for a disabled gate, what it would have said
 
 
 # ------------------------------------------------------------------------------------------------ release
@@ -265,30 +398,3 @@ def read_json(path: Path | str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ContractError(f"{path}: {err}") from err
-
-
-# ------------------------------------------------------------------------------------------------ release gate
-
-
-class GateCriterion(Contract):
-    """One rule of the release gate, with the number it judged."""
-
-    name: str  # what is judged, e.g. "format compliance (fine-tuned)"
-    rule: str  # how, in words: "at least", "not below the base's minus the tolerance"
-    threshold: float
-    value: Optional[float]  # None when it could not be measured (then the criterion does not pass)
-    passed: bool
-    percent: bool = False  # a share: shown as 66.7%, not 0.667
-
-
-class GateDecision(Contract):
-    """What the release gate decided: passed, failed, or disabled (the profile's thresholds cannot fail, so the
-    scores were not judged), each criterion against its value, and why in words."""
-
-    status: Literal["passed", "failed", "disabled"]
-    criteria: list[GateCriterion]
-    reasons: list[str] = []
-
-    @property
-    def blocks_release(self) -> bool:
-        return self.status == "failed"

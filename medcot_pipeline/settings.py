@@ -96,6 +96,14 @@ class TrainingSettings(Settings):
         description="New tokens per graded answer; an answer not closed by then counts as not compliant, so keep it "
         "above the length of a whole answer (medical-o1 answers run to several hundred tokens).",
     )
+    grade_attention: Literal["grouped_sdpa", "grouped_triton", "sdpa"] = Field(
+        default="grouped_sdpa",
+        description="Attention of the copy that answers the graded questions (16-bit base weights): as rouge_report's.",
+    )
+    grade_kv_cache: Literal["dynamic", "static"] = Field(
+        default="dynamic",
+        description="static: the grading copy's decode step is compiled once, at the first evaluation, and reused at every later one.",
+    )
 
     @model_validator(mode="after")
     def _checkpoints_at_graded_steps(self):
@@ -158,10 +166,61 @@ class GenerationSettings(Settings):
 class EvaluationSettings(GenerationSettings):
     num_questions: Optional[int] = Field(default=None, ge=1, description="Validation questions to answer; null means all.")
     compare_with_base: bool = True
-    rouge_tolerance: float = Field(
-        default=0.02, ge=0, description="The release gate fails when fine-tuned ROUGE-L < base ROUGE-L - tolerance."
+    # The release gate (evaluation/release_gate.py) reads the 95% paired intervals of fine-tuned minus base;
+    # a criterion set to null is not checked. Its decision is shown on rouge_report, hub_release and the card.
+    gate_enabled: bool = Field(default=True, description="false: the gate records its numbers but blocks nothing.")
+    gate_rouge_l_lower_bound: Optional[float] = Field(
+        default=0.0, ge=-1, le=1,
+        description="The lower end of the 95% interval of fine-tuned minus base ROUGE-L (response) must be at least "
+        "this: 0 asks for a detectable improvement.",
     )
-    format_compliance_floor: float = Field(default=0.9, ge=0, le=1)
+    gate_accuracy_lower_bound: Optional[float] = Field(
+        default=-0.05, ge=-1, le=1,
+        description="For each benchmark in benchmark_report, the lower end of the 95% interval of the accuracy "
+        "difference must be at least this: -0.05 refuses a model that may have lost more than 5 points.",
+    )
+    gate_format_compliance_floor: Optional[float] = Field(
+        default=0.9, ge=0, le=1, description="The fine-tuned model's share of well-formed <think>/<response> answers must be at least this."
+    )
+    gate_truncation_rate_ceiling: Optional[float] = Field(
+        default=0.1, ge=0, le=1, description="The fine-tuned model's share of answers cut off at the token limit must be at most this."
+    )
+
+
+BENCHMARK_NAMES = ("medqa", "medmcqa", "pubmedqa")
+
+
+class BenchmarkQuestionsSettings(Settings):
+    source: Literal["sample", "hub"] = Field(
+        default="sample",
+        description="hub: the standard benchmarks' test questions; sample: 10 questions written for this project "
+        "(offline), which stand in for them and are never reported as a benchmark.",
+    )
+    benchmarks: list[str] = Field(default=list(BENCHMARK_NAMES), description=f"Which to load (source=hub): {', '.join(BENCHMARK_NAMES)}.")
+    # Each revision is resolved to its commit when loaded, and the commit is recorded; pin a commit here to
+    # evaluate the same questions every time (this machine could not read the Hub to pin one).
+    medqa_revision: str = "main"
+    medmcqa_revision: str = "main"
+    pubmedqa_revision: str = "main"
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in BENCHMARK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARK_NAMES)}")
+        return names
+
+
+class BenchmarkEvaluationSettings(GenerationSettings):
+    """How benchmark_report answers: in the model's own format, with room to reason; a cut-off answer counts as wrong."""
+
+    max_questions: Optional[int] = Field(
+        default=None, ge=1, description="Questions per benchmark (a seeded sample, the same for both models); null: all."
+    )
+    seed: int = 3407
+    compare_with_base: bool = True
+    continuation_tokens: int = Field(default=0, ge=0, description="Extra tokens for an answer still open at max_new_tokens.")
 
 
 class ReleaseSettings(Settings):

@@ -16,7 +16,7 @@ from medcot_pipeline.presentation.entries import Markdown, Table, as_pipes_metad
 from medcot_pipeline.presentation.report import rouge_report_page
 from medcot_pipeline.presentation.text import number_text, rounded, score_text, shorten, table_cell
 from medcot_pipeline.presentation.training import lora_adapter_page
-from medcot_pipeline.release.gate import decide
+from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.settings import EvaluationSettings, TrainingSettings
 from medcot_pipeline_tests.contract_factories import evaluation_report, training_summary
 
@@ -121,22 +121,31 @@ def test_best_and_worst_answer(tmp_path):
 
 
 def test_rouge_report_opens_with_the_verdict_and_a_disabled_gate_is_no_pass(tmp_path):
+    from medcot_pipeline.evaluation.paired_stats import compare
+
     path = samples_file(tmp_path)
-    report = evaluation_report(n=6)
+    held_out = EvaluationSettings(gate_accuracy_lower_bound=None)  # what rouge_report's page judges
+    report = evaluation_report(n=6, settings=held_out, comparisons=[
+        compare("rouge_l_response", "ROUGE-L", [0.4, 0.3, 0.5, 0.35, 0.45, 0.42], [0.1, 0.12, 0.2, 0.15, 0.1, 0.11]),
+        compare("format_compliance", "well-formed", [1.0] * 6, [0.0] * 6, right_or_wrong=True),
+    ])
     page = rouge_report_page(report, decide(report), path, training_summary())
     assert list(page)[:4] == ["verdict", "loss_curve", "best_answer", "worst_answer"]
     assert all(len(page[key].text) < INLINE_LIMIT for key in ("verdict", "loss_curve", "best_answer", "worst_answer"))
     verdict = page["verdict"].text
     assert verdict.startswith("**✅ Release gate PASSED**")
-    assert "| format compliance (fine-tuned) | at least | 90.0% | 96.0% | ✓ |" in verdict
-    assert "- ROUGE-L (response): 0.182 → 0.319 (+0.136, better)" in verdict
+    assert "- ✓ format compliance (fine-tuned): 0.960, needs ≥ 0.900" in verdict
+    # Each difference with its 95% paired interval and what the interval says.
+    assert re.search(r"- ROUGE-L \(response\): 0\.130 → 0\.403, \+0\.273 \[\+0\.\d{3}, \+0\.\d{3}\]: better", verdict), verdict
     assert "**Worst answer**: question 3 of 6" in page["worst_answer"].text
     assert "answer limit" in page["evaluation"].text and "1024 new tokens, + 512 for an answer still open (1536 in all)" in page["evaluation"].text
 
-    off = evaluation_report(n=6, settings=EvaluationSettings(format_compliance_floor=0.0, rouge_tolerance=1.0))
+    off = evaluation_report(n=6, settings=EvaluationSettings(gate_enabled=False))
     verdict = rouge_report_page(off, decide(off), path, None)["verdict"].text
-    assert verdict.startswith("**⚪ Release gate DISABLED: nothing was judged, this is not a pass**")
-    assert "PASSED" not in verdict and "✓" not in verdict
+    assert verdict.startswith("**⚪ Release gate DISABLED: it blocks nothing, this is not a pass**")
+    assert "PASSED" not in verdict and "(not enforced)" in verdict
+    # The page judges what the report holds: the benchmark criteria are the release_gate check's, and it says so.
+    assert "benchmark accuracy is judged by the release_gate check" in verdict
 
     values = metadata_values(page)
     assert isinstance(values["verdict"], dg.MarkdownMetadataValue) and isinstance(values["answers"], dg.TableMetadataValue)

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from medcot_pipeline.defs.profiles import DEFAULT_PROFILE
-from medcot_pipeline_tests.pipeline_harness import ASSETS, load_defs
+from medcot_pipeline_tests.pipeline_harness import ASSETS, SPINE, load_defs
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 
@@ -58,9 +58,9 @@ def test_six_assets_in_a_chain_with_gpu_steps_tagged():
     described = describe(load_defs(DEFAULT_PROFILE))["assets"]
     # Beside the six, the Hub dataset as an observed source (linked to raw_dataset in hub profiles only).
     assert set(described) == set(ASSETS) | {"medical_o1_hub_dataset"}
-    for upstream, downstream in zip(ASSETS, ASSETS[1:]):
+    for upstream, downstream in zip(SPINE, SPINE[1:]):
         assert upstream in described[downstream]["deps"]
-    for gpu_step in ("lora_adapter", "merged_model", "rouge_report"):
+    for gpu_step in ("lora_adapter", "merged_model", "rouge_report", "benchmark_report"):
         assert described[gpu_step]["tags"].get("medcot/gpu") == "true"
         assert described[gpu_step]["pool"] == "gpu"
     assert described["raw_dataset"]["tags"].get("medcot/gpu") is None

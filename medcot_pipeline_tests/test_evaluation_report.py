@@ -1,4 +1,4 @@
-"""The ROUGE report on a tiny random Llama, and the release gate asset check on hand-written reports."""
+"""The ROUGE report on a tiny random Llama (the release gate has its own tests, test_release_gate.py)."""
 
 import json
 from pathlib import Path
@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM
 
 from medcot_pipeline.base_models import load_tokenizer
 from medcot_pipeline.contracts import EvaluationReport, ModelScores
-from medcot_pipeline.defs.checks import release_gate
 from medcot_pipeline.evaluation.multiple_choice import option_loglikelihoods
 from medcot_pipeline.evaluation.report import write_rouge_report
 from medcot_pipeline.settings import EvaluationSettings
@@ -87,7 +86,7 @@ def test_the_static_kv_cache_answers_as_the_dynamic_one(tiny_llama_dir, validati
 
 @pytest.mark.parametrize("attention", [None, "sdpa"])
 def test_both_models_load_with_the_configured_attention(tiny_llama_dir, validation, tmp_path, monkeypatch, attention):
-    from medcot_pipeline.evaluation import report as evaluation_report
+    from medcot_pipeline.evaluation import answering as evaluation_report
 
     used = []
     real_load = evaluation_report.load_for_inference
@@ -107,55 +106,6 @@ def test_both_models_load_with_the_configured_attention(tiny_llama_dir, validati
 def test_a_validation_split_without_response_is_refused(tiny_llama_dir, validation, tmp_path):
     with pytest.raises(ValueError, match=r"validation split: column\(s\) response missing"):
         write_rouge_report(str(tiny_llama_dir), None, validation.drop(columns="response"), EvaluationSettings(), tmp_path)
-
-
-def write_report(directory: Path, tuned_rouge: float, compliance: float, base_rouge: float | None, **settings) -> Path:
-    """A report.json as rouge_report writes it, with the scores and evaluation settings given."""
-
-    def scores(rouge: float, format_compliance: float) -> ModelScores:
-        return ModelScores(
-            rouge_l_response=rouge, rouge_l_full=rouge, format_compliance=format_compliance, truncation_rate=0.0,
-            continuation_rate=0.0, mean_output_tokens=10.0, n=4, tokens_per_second=1.0, wall_seconds=1.0, total_new_tokens=40,
-        )
-
-    EvaluationReport(
-        n=4, models={"fine_tuned": "merged"}, merged_model_dir="merged", settings=EvaluationSettings(**settings),
-        fine_tuned=scores(tuned_rouge, compliance), base=None if base_rouge is None else scores(base_rouge, 0.0),
-    ).write(directory)
-    return directory
-
-
-@pytest.mark.parametrize(
-    ("tuned_rouge", "base_rouge", "compliance", "rouge_ok", "compliance_ok"),
-    [
-        (0.40, 0.30, 0.95, True, True),  # tuned above base
-        (0.31, 0.32, 0.95, True, True),  # below base, within the tolerance
-        (0.25, 0.30, 0.95, False, True),  # below base beyond the tolerance
-        (0.40, 0.30, 0.80, True, False),  # compliance under the floor
-    ],
-)
-def test_release_gate(tmp_path, tuned_rouge, base_rouge, compliance, rouge_ok, compliance_ok):
-    report_dir = write_report(tmp_path, tuned_rouge, compliance, base_rouge, rouge_tolerance=0.02, format_compliance_floor=0.9)
-    result = release_gate(str(report_dir))  # the asset's value is the report directory
-    assert result.passed == (rouge_ok and compliance_ok)
-    assert {key: value.value for key, value in result.metadata.items()} == {
-        "fine_tuned_rouge_l": tuned_rouge, "base_rouge_l": base_rouge, "rouge_tolerance": 0.02,
-        "format_compliance": compliance, "format_compliance_floor": 0.9,
-        "rouge_ok": rouge_ok, "compliance_ok": compliance_ok,
-    }
-
-
-def test_release_gate_applies_the_thresholds_the_run_was_configured_with(tmp_path):
-    """A tolerance changed in the launchpad is recorded in report.json, and the gate applies that one."""
-    strict = release_gate(str(write_report(tmp_path / "strict", 0.25, 0.95, 0.30, rouge_tolerance=0.02)))
-    lenient = release_gate(str(write_report(tmp_path / "lenient", 0.25, 0.95, 0.30, rouge_tolerance=0.1)))
-    assert not strict.passed and lenient.passed
-    assert lenient.metadata["rouge_tolerance"].value == 0.1
-
-
-def test_release_gate_without_a_base_judges_compliance_only(tmp_path):
-    result = release_gate(str(write_report(tmp_path, 0.0, 1.0, None)))
-    assert result.passed and result.metadata["base_rouge_l"].value == "not measured"
 
 
 def test_the_base_model_answers_through_the_fine_tuned_models_module(tiny_llama_dir, validation, tmp_path, monkeypatch):
@@ -193,7 +143,7 @@ def test_the_base_model_answers_through_the_fine_tuned_models_module(tiny_llama_
 def test_models_of_other_shapes_are_loaded_afresh(tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 
-    from medcot_pipeline.evaluation.report import same_shapes
+    from medcot_pipeline.evaluation.answering import same_shapes
 
     config = AutoConfig.from_pretrained(tiny_llama_dir)
     assert same_shapes(config, str(tiny_llama_dir))
@@ -201,14 +151,6 @@ def test_models_of_other_shapes_are_loaded_afresh(tiny_llama_dir, tmp_path):
     wider.intermediate_size *= 2
     assert not same_shapes(wider, str(tiny_llama_dir))
     assert not same_shapes(config, str(tmp_path / "missing"))
-
-
-def test_a_release_gate_switched_off_by_the_profile_says_so(tmp_path):
-    """The demo profile's floor 0 and tolerance 1 can never fail: the check must not read as a real pass."""
-    off = release_gate(str(write_report(tmp_path / "off", 0.0, 0.0, 0.5, rouge_tolerance=1.0, format_compliance_floor=0.0)))
-    assert off.passed and off.metadata["gate"].value.startswith("gate disabled by profile settings")
-    on = release_gate(str(write_report(tmp_path / "on", 0.4, 0.95, 0.3, rouge_tolerance=0.02, format_compliance_floor=0.9)))
-    assert "gate" not in on.metadata
 
 
 def test_rouge_report_logs_each_batch_and_a_long_batch_s_tokens():

@@ -162,3 +162,25 @@ def test_progress_is_reported_during_a_batch_and_after_it(loaded, monkeypatch):
     assert tokens and {total for _, _, total in tokens} == {5}
     assert all(1 <= done <= 5 for _, done, _ in tokens)
     assert calls[-1] == ("answers", 3, 3)
+
+
+def test_a_static_cache_keeps_one_shape_for_every_batch(loaded, monkeypatch):
+    """Five prompts of different lengths, batches of up to 2: with the static cache every batch has the same rows
+    (2, 2, and 1 filled with a copy) and the same width, so the decode step compiles once; the answers are the
+    dynamic cache's, in prompt order, the filler's dropped."""
+    model, tokenizer = loaded
+    questions = ["Croup?", "What is the first-line drug for strep throat in adults?", "Why?", "Peaked T waves mean what?", "Dose?"]
+    config = EvaluationSettings(batch_size=2, max_new_tokens=4, continuation_tokens=0)
+    shapes = []
+    real_generate = model.generate
+
+    def spy(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    static = generate_answers(model, tokenizer, questions, config, cache_implementation="static")
+    assert len(set(shapes)) == 1 and shapes[0][0] == 2 and len(shapes) == 3
+    dynamic = generate_answers(model, tokenizer, questions, config)
+    assert [a.text for a in static.answers] == [a.text for a in dynamic.answers]
+    assert [a.question for a in static.answers] == questions

@@ -43,6 +43,7 @@ def test_compliance_comes_first_and_rouge_breaks_ties():
     assert well_formed_on_topic.grade > well_formed_off_topic.grade > half_formed_on_topic.grade
     assert well_formed_on_topic.as_metrics() == {
         "eval_format_compliance": 1.0, "eval_rouge_l_response": 1.0, "eval_truncation_rate": 0.0, "eval_grade": round(1 + 1 / 3, 6),
+        "eval_grading_seconds": 0.0,
     }
 
 
@@ -205,3 +206,65 @@ def test_two_gloo_processes_grade_their_share_and_keep_the_same_step(tiny_llama_
     assert all((saved[k] == kept[k]).all() for k in saved)
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert sum("2 validation questions answered" in m for m in messages) == 2  # rank 0's log, once per evaluation
+
+
+def test_the_merged_copy_answers_as_the_model_being_trained(tiny_llama_dir):
+    """The grading copy (base weights + PEFT's merged LoRA deltas, a stock model) gives the training model's greedy
+    answers, and follows the LoRA weights as they change between gradings without being rebuilt."""
+    import torch
+
+    from medcot_pipeline.backends.hf_peft import lora_model_for_training
+    from medcot_pipeline.base_models import load_tokenizer
+    from medcot_pipeline.evaluation.generation import generate_answers
+
+    settings = TrainingSettings(backend="transformers", load_in_4bit=False, lora_dropout=0.0, lora_r=4, lora_alpha=8)
+    model = lora_model_for_training(str(tiny_llama_dir), settings, 256)
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    questions = ["Which artery supplies the inferior wall?", "What treats croup?"]
+    config = grading.generation_settings(settings.model_copy(update={"grade_questions": 2, "grade_max_new_tokens": 12}))
+    copy = grading.MergedCopy()
+    assert grading.MergedCopy.supports(model)
+
+    built = None
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:  # B starts at zero; a trained adapter's is not
+                    parameter.normal_(0, 0.5)
+        model.eval()
+        expected = [a.text for a in generate_answers(model, tokenizer, questions, config).answers]
+        got = [a.text for a in copy(model, tokenizer, questions, config).answers]
+        assert got == expected
+        built = built or copy.copy
+        assert copy.copy is built  # refreshed in place, never rebuilt: a compiled decode step stays valid
+    assert not grading.MergedCopy.supports(model.get_base_model().model.embed_tokens)  # no LoRA layer in it
+
+
+def test_a_copy_that_cannot_answer_hands_back_to_the_training_model(tiny_llama_dir, caplog):
+    """A copy that cannot be built (here its build raises, as a class patched by Unsloth might) says so once, and the
+    model being trained answers that grading and every later one."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    from medcot_pipeline.base_models import load_tokenizer
+    from medcot_pipeline.evaluation.generation import generate_answers
+    from medcot_pipeline.settings import GenerationSettings
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    config = GenerationSettings(batch_size=1, max_new_tokens=4, continuation_tokens=0)
+    copy = grading.MergedCopy(log=logging.getLogger("grading-test"))
+
+    def cannot_build(*args):
+        raise RuntimeError("no LoRA layer to merge")
+
+    copy._build = cannot_build
+    expected = [a.text for a in generate_answers(model, tokenizer, ["What treats croup?"], config).answers]
+    with caplog.at_level(logging.WARNING, logger="grading-test"):
+        for _ in range(2):
+            assert [a.text for a in copy(model, tokenizer, ["What treats croup?"], config).answers] == expected
+    assert copy.failed == "RuntimeError: no LoRA layer to merge"
+    assert [r.getMessage() for r in caplog.records].count(
+        "the merged grading copy could not answer (RuntimeError: no LoRA layer to merge); the training model answers instead") == 1

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
@@ -66,11 +67,25 @@ def test_metadata_and_model_index_carry_the_report_numbers():
 def test_results_table_compares_base_and_fine_tuned():
     text = build_model_card(facts()).text
 
-    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["higher", "0.182", "0.319", "+0.136 (better)"]
-    assert table_row(text, "ROUGE-L F1, whole output") == ["higher", "0.160", "0.274", "+0.114 (better)"]
-    assert table_row(text, "Well-formed `<think>`/`<response>` output") == ["higher", "0.0%", "96.0%", "+96.0 pts (better)"]
-    assert table_row(text, "Cut off before `</response>`") == ["lower", "11.0%", "3.0%", "-8.0 pts (better)"]
-    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts (better)"]
+    # Without intervals in the report (an older report), the change stands alone and says so.
+    assert table_row(text, "ROUGE-L F1, `<response>` only") == ["higher", "0.182", "0.319", "+0.136", "no interval"]
+    assert table_row(text, "Cut off before `</response>`") == ["lower", "11.0%", "3.0%", "-8.0 pts", "no interval"]
+    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)") == ["higher", "55.0%", "58.0%", "+3.0 pts", "no interval"]
+
+    # With them, each change carries its 95% interval and the verdict the interval gives, not the point estimate.
+    from medcot_pipeline.evaluation.paired_stats import compare
+
+    rng = np.random.default_rng(0)
+    base_rouge = rng.random(100) * 0.3
+    report = evaluation_report(comparisons=[
+        compare("rouge_l_response", "ROUGE-L", base_rouge + 0.136 + rng.normal(0, 0.02, 100), base_rouge),
+        compare("mc_accuracy", "MC", [1.0] * 35 + [0.0] * 25, [1.0] * 33 + [0.0] * 27, right_or_wrong=True),
+    ])
+    text = build_model_card(facts(evaluation=report)).text
+    rouge = table_row(text, "ROUGE-L F1, `<response>` only")
+    assert re.fullmatch(r"\+0\.136 \[\+0\.1\d\d, \+0\.1\d\d\]", rouge[3]) and rouge[4] == "better"
+    assert table_row(text, "Multiple-choice accuracy (option log-likelihood) (n=60)")[4] == "no detectable change"
+    assert "straddles zero" in text  # how to read an interval, beside the table
     assert "100 questions held out of training" in text
     # The real limit: the new tokens and the continuation an open answer gets (the factory's report: 1024 + 512).
     assert "with greedy decoding, up to 1024 new tokens, + 512 for an answer still open (1536 in all)" in text
@@ -142,7 +157,7 @@ def test_local_sources_stay_out_of_hub_metadata(tmp_path):
     assert again.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert again.data.datasets is None  # not a Hub dataset id
     assert again.data.eval_results is None  # the model-index names a dataset by Hub id; the sample has none
-    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["higher", "n/a", "0.100", ""]
+    assert table_row(card.text, "ROUGE-L F1, `<response>` only") == ["higher", "n/a", "0.100", "", ""]
     assert "float32 base weights, TRL and PEFT" in card.text and "unsloth" not in again.data.tags
     # An offline W&B run is a directory on the training machine: said, never published.
     assert "logged to Weights & Biases offline" in card.text and "offline-run-1" not in card.text and str(tmp_path) not in str(card)
@@ -239,18 +254,21 @@ def test_a_resumed_finished_checkpoint_is_not_a_step_further():
 
 
 def test_the_release_gate_decision_is_on_the_card():
-    passed = build_model_card(facts()).text
-    assert "**✅ Release gate PASSED**" in passed
-    assert table_row(passed, "format compliance (fine-tuned)") == ["at least", "90.0%", "96.0%", "✓"]
+    from medcot_pipeline.evaluation.release_gate import decide
 
-    failed = build_model_card(facts(evaluation=evaluation_report(fine_tuned=scores(format_compliance=0.5)))).text
+    # The factory's report has no intervals and no benchmark report beside it: the gate fails on missing evidence.
+    failed = build_model_card(facts()).text
     assert "**❌ Release gate FAILED: hub_release is blocked**" in failed
-    assert table_row(failed, "format compliance (fine-tuned)") == ["at least", "90.0%", "50.0%", "✗"]
+    assert table_row(failed, "format compliance (fine-tuned)") == [">= 0.900", "0.960", "pass", ""]
+    assert table_row(failed, "cut-off rate (fine-tuned)") == ["<= 0.100", "0.030", "pass", ""]
 
-    off = evaluation_report(settings=EvaluationSettings(format_compliance_floor=0.0, rouge_tolerance=1.0))
-    disabled = build_model_card(facts(evaluation=off)).text
-    assert "Release gate DISABLED: nothing was judged, this is not a pass" in disabled and "PASSED" not in disabled
-    assert table_row(disabled, "format compliance (fine-tuned)")[-1] == "no"  # the "enforced" column
+    passing = evaluation_report(settings=EvaluationSettings(gate_rouge_l_lower_bound=None, gate_accuracy_lower_bound=None))
+    assert "**✅ Release gate PASSED**" in build_model_card(facts(evaluation=passing)).text
+
+    off = evaluation_report(settings=EvaluationSettings(gate_enabled=False))
+    disabled = build_model_card(facts(evaluation=off, gate=decide(off, None))).text
+    assert "**⚪ Release gate DISABLED: it blocks nothing, this is not a pass**" in disabled and "PASSED" not in disabled
+    assert table_row(disabled, "format compliance (fine-tuned)")[2] == "pass (gate off)"
 
 
 # ---------------------------------------------------------------- a card from real artifacts
@@ -295,7 +313,7 @@ def real_release(tiny_llama_dir, real_records_path, tmp_path_factory):
     summary = run.train(job, logging.getLogger("card-test"))
     merge_adapter(str(tiny_llama_dir), out / "adapter", out / "merged", dtype="float32")
     settings = EvaluationSettings(num_questions=2, batch_size=2, max_new_tokens=6, continuation_tokens=3,
-                                  format_compliance_floor=0.5, rouge_tolerance=0.02)
+                                  gate_format_compliance_floor=0.5, gate_accuracy_lower_bound=None)
     report = write_rouge_report(str(out / "merged"), str(tiny_llama_dir), frame.iloc[6:], settings, out / "report")
     release = ReleaseFacts.from_artifacts(
         "test-org/medcot-tiny", out / "adapter", out / "report", code_version={"lora_adapter": "a" * 12},
@@ -308,7 +326,7 @@ def real_release(tiny_llama_dir, real_records_path, tmp_path_factory):
 
 def test_every_fact_on_a_real_card_comes_from_the_run(real_release):
     from medcot_pipeline.presentation.text import size_text
-    from medcot_pipeline.release.gate import decide
+    from medcot_pipeline.evaluation.release_gate import decide
 
     summary, report, card, out = real_release["summary"], real_release["report"], real_release["card"], real_release["out"]
     text, published = card.text, str(card)

@@ -20,7 +20,7 @@ def test_a_changed_profile_names_what_made_the_assets_unsynced(tiny_llama_dir, t
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
     first = write_profile(tmp_path / "first.yaml", tiny_profile(tiny_llama_dir, tmp_path / "artifacts"))
     defs = load_defs(first)
-    result = materialize(defs, instance, selection=["raw_dataset", "formatted_splits"])
+    result = materialize(defs, instance, selection=["raw_dataset", "benchmark_questions", "formatted_splits"])
     assert result.success
     # In the run: the settings it ran with are the profile's, and each materialization records them.
     checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations() if e.check_name == CHECK_NAME}
@@ -37,7 +37,8 @@ def test_a_changed_profile_names_what_made_the_assets_unsynced(tiny_llama_dir, t
     with dg.build_sensor_context(instance=instance, definitions=defs) as context:
         tick = sensor(context)
     said = {event.asset_key.to_user_string(): event for event in tick.asset_events}
-    assert set(said) == {"raw_dataset", "formatted_splits"}  # the others were never materialized: nothing to compare
+    # The first tick says where each materialized asset stands; the others were never materialized: nothing to compare.
+    assert set(said) == {"raw_dataset", "benchmark_questions", "formatted_splits"} and said["benchmark_questions"].passed
     assert not said["raw_dataset"].passed and said["raw_dataset"].severity == dg.AssetCheckSeverity.WARN
     assert said["raw_dataset"].description == "1 setting(s) differ from second.yaml: raw_dataset.max_records 16 -> 12"
     assert said["formatted_splits"].description == "1 setting(s) differ from second.yaml: base_model.max_seq_length 384 -> 256"

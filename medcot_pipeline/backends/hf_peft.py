@@ -54,6 +54,18 @@ def lora_model_for_training(base_model: str, settings, max_seq_length: int):
 def model_for_inference(model_ref: str, adapter_dir: str | None, torch_dtype, device, attention: str):
     from transformers import AutoModelForCausalLM
 
+    register_attention(attention)
+    model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch_dtype, device_map=str(device), attn_implementation=attention)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        # Merged once here so that every generated token skips the extra LoRA matmuls.
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model
+
+
+def register_attention(attention: str) -> None:
+    """Make medcot's own attention implementations known to transformers under their names (stock ones need nothing)."""
     from medcot_pipeline.evaluation import grouped_attention
 
     if attention == grouped_attention.NAME:
@@ -62,10 +74,3 @@ def model_for_inference(model_ref: str, adapter_dir: str | None, torch_dtype, de
         from medcot_pipeline.evaluation import decode_attention  # imports Triton: only when asked for
 
         decode_attention.register()
-    model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=torch_dtype, device_map=str(device), attn_implementation=attention)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        # Merged once here so that every generated token skips the extra LoRA matmuls.
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return model

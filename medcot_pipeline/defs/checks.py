@@ -4,13 +4,16 @@ Thresholds come from the artifact being judged, which records the settings of th
 a tolerance changed in the launchpad is the tolerance the gate applies.
 """
 
+import re
+
 import dagster as dg
 import pandas as pd
 
-from medcot_pipeline.contracts import EvaluationReport, SplitsSummary
-from medcot_pipeline.data import raw_parquet
+from medcot_pipeline.contracts import BenchmarkQuestions, BenchmarkReport, EvaluationReport, SplitsSummary
+from medcot_pipeline.data import benchmarks, decontamination, raw_parquet
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 from medcot_pipeline.data.schema import RAW_COLUMNS, read_split
-from medcot_pipeline.release.gate import decide
 from medcot_pipeline.tagged_output import parse_tagged_output
 
 
@@ -70,35 +73,74 @@ def validation_size_as_configured(formatted_splits: str) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset="rouge_report", blocking=True,
-    description="Release gate: fine-tuned ROUGE-L not below base beyond the tolerance, format compliance above the floor.",
+    asset="formatted_splits", blocking=True, additional_ins={"benchmark_questions": dg.AssetIn("benchmark_questions")},
+    description="No training record shares a 13-word run with a held-out record or a benchmark question "
+    "(GPT-3 / OLMo decontamination; case, Unicode and spacing ignored).",
 )
-def release_gate(rouge_report: str) -> dg.AssetCheckResult:
+def training_data_is_decontaminated(formatted_splits: str, benchmark_questions: str) -> dg.AssetCheckResult:
+    train, validation = read_split(formatted_splits, "train"), read_split(formatted_splits, "validation")
+    references = decontamination.split_references(validation, benchmarks.read_questions(benchmark_questions))
+    found = decontamination.decontaminate(decontamination.training_fields(train), references)
+    summary = SplitsSummary.read(formatted_splits)
+    removed = summary.decontamination.removed_by_source if summary.decontamination else {}
+    stand_in = BenchmarkQuestions.read(benchmark_questions).stand_in
+    return dg.AssetCheckResult(
+        passed=found.removed_rows == 0,
+        metadata={
+            "contaminated_training_records": found.removed_rows,
+            "by_reference_set": dg.MetadataValue.json(found.removed_by_source),
+            "removed_when_formatting": dg.MetadataValue.json(removed),
+            "reference_texts": dg.MetadataValue.json(found.references),
+            "boilerplate_ngrams_ignored": found.boilerplate_ngrams,
+            "rule": f"{decontamination.NGRAM_WORDS}-word overlap; shorter references as a whole (at least "
+            f"{decontamination.MIN_WORDS} words); n-grams in more than {decontamination.BOILERPLATE_DOCUMENTS} references ignored",
+            **({"benchmarks": "the stand-in sample, not the real benchmarks"} if stand_in else {}),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="benchmark_questions",
+    description="Each benchmark was read at a pinned commit (a 40-hex revision in the profile), so a rerun evaluates the same questions.",
+)
+def benchmark_revisions_pinned(benchmark_questions: str) -> dg.AssetCheckResult:
+    sources = BenchmarkQuestions.read(benchmark_questions).sources
+    unpinned = [s.name for s in sources if not s.stand_in and not re.fullmatch(r"[0-9a-f]{40}", s.revision or "")]
+    return dg.AssetCheckResult(
+        passed=not unpinned, severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "unpinned": ", ".join(unpinned) or "none",
+            "read_at": dg.MetadataValue.json({s.name: s.commit or "bundled" for s in sources}),
+            "fix": "copy each read_at commit into the profile's benchmark_questions <name>_revision" if unpinned else "",
+        },
+    )
+
+
+@dg.asset_check(
+    asset="rouge_report", blocking=True, additional_ins={"benchmark_report": dg.AssetIn("benchmark_report")},
+    description="Release gate on evidence: the 95% paired intervals of fine-tuned minus base (ROUGE-L gain, each "
+    "benchmark's accuracy change) and the fine-tuned model's compliance and cut-off rate, against the profile's gate_* "
+    "settings (evaluation/release_gate.py).",
+)
+def release_gate(rouge_report: str, benchmark_report: str) -> dg.AssetCheckResult:
     report = EvaluationReport.read(rouge_report)
-    tolerance, floor = report.settings.rouge_tolerance, report.settings.format_compliance_floor
-    tuned_rouge = report.fine_tuned.rouge_l_response
-    base_rouge = report.base.rouge_l_response if report.base is not None else None
-    compliance = report.fine_tuned.format_compliance
-    rouge_ok = base_rouge is None or tuned_rouge >= base_rouge - tolerance
-    compliance_ok = compliance >= floor
+    benchmark = BenchmarkReport.read(benchmark_report)
+    if benchmark.merged_model_dir != report.merged_model_dir:
+        return dg.AssetCheckResult(
+            passed=False,
+            metadata={"decision": f"benchmark_report graded {benchmark.merged_model_dir}, rouge_report graded "
+                      f"{report.merged_model_dir}: materialize both again so the gate judges one model"},
+        )
+    decision = decide(report, benchmark)
     metadata = {
-        "fine_tuned_rouge_l": round(tuned_rouge, 4),
-        "base_rouge_l": round(base_rouge, 4) if base_rouge is not None else "not measured",
-        "rouge_tolerance": tolerance,
-        "format_compliance": round(compliance, 4),
-        "format_compliance_floor": floor,
-        "rouge_ok": rouge_ok,
-        "compliance_ok": compliance_ok,
+        "decision": gate_headline(decision),
+        "criteria": dg.MetadataValue.md(markdown_table(gate_rows(decision))),
+        "status": decision.status,
     }
-    # ROUGE-L and compliance lie in [0, 1]: with these settings nothing can fail, and a green check must not read as a pass.
-    if floor <= 0 and tolerance >= 1:
-        metadata = {
-            "gate": f"gate disabled by profile settings (format_compliance_floor {floor}, rouge_tolerance {tolerance}): "
-            "it passes whatever the scores",
-            **metadata,
-        }
-    # release/gate.py words the same decision on the rouge_report and hub_release pages and the card.
-    return dg.AssetCheckResult(passed=not decide(report).blocks_release, metadata=metadata)
+    if decision.status == "disabled":
+        # Not a green pass: a warning that blocks nothing, saying what the gate would have decided.
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+    return dg.AssetCheckResult(passed=decision.status == "passed", metadata=metadata)
 
 
 ASSET_CHECKS = [
@@ -107,5 +149,7 @@ ASSET_CHECKS = [
     targets_are_well_formed,
     dropped_share_is_small,
     validation_size_as_configured,
+    training_data_is_decontaminated,
+    benchmark_revisions_pinned,
     release_gate,
 ]

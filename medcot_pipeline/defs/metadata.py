@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from medcot_pipeline.presentation.entries import Entry, FilePath, Json, Link, Markdown, Table
+from medcot_pipeline.presentation.entries import Entry, FilePath, Json, Link, Markdown, Table, text_table
 from medcot_pipeline.presentation.text import key_value_table, shorten
 
 
@@ -48,6 +48,25 @@ def records_preview(frame, columns: list[str], rows: int = 3, width: int = 160) 
     records = [dg.TableRecord({column: shorten(str(row[column]), width) for column in columns}) for _, row in shown.iterrows()]
     schema = dg.TableSchema(columns=[dg.TableColumn(column, "string") for column in columns])
     return dg.MetadataValue.table(records, schema=schema)
+
+
+def string_table(rows: list[dict[str, str]]) -> dg.MetadataValue:
+    """Rows of equal keys as a table of text columns (wraps in the page's value column)."""
+    return metadata_value(text_table(rows))
+
+
+def benchmark_sources_table(sources) -> dg.MetadataValue:
+    """What benchmark_questions holds: each benchmark, its questions, and the commit it was read at."""
+    return string_table([
+        {
+            "benchmark": source.title,
+            "questions": str(source.questions),
+            "skipped": str(source.skipped),
+            "read from": source.location,
+            "commit": source.commit or ("bundled with medcot" if source.stand_in else "not recorded"),
+        }
+        for source in sources
+    ])
 
 
 def model_card_markdown(card) -> dg.MetadataValue:

@@ -48,10 +48,12 @@ STAGES = {
     stage.asset: stage
     for stage in (
         Stage("raw_dataset", settings.RawDatasetSettings, "data", gpu=False),
+        Stage("benchmark_questions", settings.BenchmarkQuestionsSettings, "data", gpu=False),
         Stage("formatted_splits", settings.FormattingSettings, "data", gpu=False),
         Stage("lora_adapter", settings.TrainingSettings, "model", gpu=True),
         Stage("merged_model", settings.MergeSettings, "model", gpu=True),
         Stage("rouge_report", settings.EvaluationSettings, "evaluation", gpu=True),
+        Stage("benchmark_report", settings.BenchmarkEvaluationSettings, "evaluation", gpu=True),
         Stage("hub_release", settings.ReleaseSettings, "release", gpu=False),
     )
 }
@@ -101,10 +103,12 @@ def config_class(asset: str, profile: Profile = PROFILE) -> type[dg.Config]:
 
 
 RawDatasetConfig = config_class("raw_dataset")
+BenchmarkQuestionsConfig = config_class("benchmark_questions")
 FormattingConfig = config_class("formatted_splits")
 TrainingConfig = config_class("lora_adapter")
 MergeConfig = config_class("merged_model")
 EvaluationConfig = config_class("rouge_report")
+BenchmarkEvaluationConfig = config_class("benchmark_report")
 ReleaseConfig = config_class("hub_release")
 
 

@@ -285,10 +285,21 @@ def generate_token_ids(
     if model.device.type == "cuda":
         defer_stop_check(DEFER_STOP_CHECK_ON_CUDA)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    # A static cache is compiled for one shape (rows x prompt width + new tokens): every batch then gets the
+    # same number of rows (balanced, the short one filled with copies whose answers are dropped) and the same
+    # width, so the decode step compiles once and its cache is reused, instead of once per batch.
+    fixed_shape = generate_kwargs.get("cache_implementation") == "static"
+    if fixed_shape:
+        batch_size = -(-len(order) // -(-len(order) // batch_size))
+    width = max(len(prompt) for prompt in prompts) if fixed_shape else None
     results: dict[int, tuple[list[int], bool]] = {}
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        inputs = tokenizer.pad({"input_ids": [prompts[i] for i in batch]}, padding_side="left", return_tensors="pt")
+        rows = [prompts[i] for i in batch]
+        if fixed_shape:
+            rows += [rows[-1]] * (batch_size - len(rows))
+        padding = {"padding": "max_length", "max_length": width} if fixed_shape else {}
+        inputs = tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt", **padding)
         inputs = inputs.to(model.device)
         criteria = []
         ending = None
@@ -307,7 +318,7 @@ def generate_token_ids(
                 **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
                 **stopping, **generate_kwargs,
             )
-        new = output[:, inputs["input_ids"].shape[1] :].tolist()
+        new = output[: len(batch), inputs["input_ids"].shape[1] :].tolist()
         for row, (index, ids) in enumerate(zip(batch, new)):
             end = next((pos for pos, token in enumerate(ids) if token in stop_ids), None)
             if ending is not None and ending.closed_at_limit is not None and ending.closed_at_limit[row] and (end is None or end >= end_closed_at):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -46,6 +46,7 @@ class MultipleChoiceScores:
     n: int  # rows scored: those with options and an answer letter among them
     chosen: list[str | None]  # the highest-likelihood letter of each row; None for rows not scored
     loglikelihoods: list[dict[str, float] | None]
+    correct: list[float] = field(default_factory=list)  # 1.0 / 0.0 for each scored row, in row order (paired comparisons)
 
 
 def parse_options(options: Mapping[str, str] | str | None) -> dict[str, str] | None:
@@ -123,9 +124,10 @@ def score_multiple_choice(model, tokenizer, rows: pd.DataFrame, *, batch_size: i
     for i, scores in zip(scored, _score_questions(model, tokenizer, items, batch_size)):
         loglikelihoods[i] = scores
         chosen[i] = max(scores, key=scores.get)  # ties go to the earlier letter, as numpy's argmax in lm-eval
-    correct = sum(chosen[i] == letter for i, letter in zip(scored, letters))
+    correct = [float(chosen[i] == letter) for i, letter in zip(scored, letters)]
     return MultipleChoiceScores(
-        accuracy=correct / len(scored) if scored else None, n=len(scored), chosen=chosen, loglikelihoods=loglikelihoods
+        accuracy=sum(correct) / len(scored) if scored else None, n=len(scored), chosen=chosen,
+        loglikelihoods=loglikelihoods, correct=correct,
     )
 
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from medcot_pipeline.contracts import SAMPLES_FILE, EvaluationReport, ModelScores
+from medcot_pipeline.contracts import SAMPLES_FILE, EvaluationReport, ModelScores, PairedComparison
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, require_columns
-from medcot_pipeline.settings import EvaluationSettings
-from medcot_pipeline.evaluation.generation import GenerationRun, cache_kwargs, generate_answers, load_for_inference
+from medcot_pipeline.evaluation.answering import answer_with_each
+from medcot_pipeline.evaluation.generation import GenerationRun, cache_kwargs, generate_answers
 from medcot_pipeline.evaluation.metrics import graded_response, score_answers, summarize
 from medcot_pipeline.evaluation.multiple_choice import MultipleChoiceScores, score_multiple_choice
+from medcot_pipeline.evaluation.paired_stats import compare
+from medcot_pipeline.evaluation.scores import METRICS, RIGHT_OR_WRONG
+from medcot_pipeline.settings import EvaluationSettings
 
 
 def write_rouge_report(
@@ -34,9 +35,10 @@ def write_rouge_report(
 
     Generation answers the first `num_questions` validation rows. Multiple-choice accuracy (option
     log-likelihood, multiple_choice.py) costs one forward a question, so it covers every validation row
-    that has options; `mc_n` says how many, and `mc_accuracy` is None when none has. The report names the
-    merged model by `merged_model_location` (its place in the artifacts root) when given, not by the local
-    copy it loaded.
+    that has options; `mc_n` says how many, and `mc_accuracy` is None when none has. With the base model, every
+    metric is also compared question by question (fine-tuned minus base, paired bootstrap interval). The report
+    names the merged model by `merged_model_location` (its place in the artifacts root) when given, not by the
+    local copy it loaded.
     """
     require_columns(validation, EVALUATION_COLUMNS, "validation split")
     if validation.empty:
@@ -50,15 +52,21 @@ def write_rouge_report(
     elif config.compare_with_base:
         log.warning("compare_with_base is set but no base model was given; grading the fine-tuned model alone")
 
+    def answer(label: str, model, tokenizer) -> tuple[GenerationRun, MultipleChoiceScores]:
+        progress = _progress_logger(label, config, log)
+        progress("start", 0, len(questions))
+        run = generate_answers(model, tokenizer, questions, config, progress=progress, **cache_kwargs(config))
+        return run, score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
+
+    answered = answer_with_each(models, config, answer, log)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores: dict[str, ModelScores] = {}
-    # The model that answered last, kept so that the next one can take over its compiled graph.
-    kept: dict = {}
+    per_question: dict[str, pd.DataFrame] = {}
+    mc_correct: dict[str, list[float]] = {}
     with open(out_dir / SAMPLES_FILE, "w", encoding="utf-8") as samples:
-        for label, reference in models.items():
-            log.info(f"{label}: loading {reference}")
-            run, choices = _answer(reference, questions, validation, config, kept, log, progress=_progress_logger(label, config, log))
+        for label, (run, choices) in answered.items():
             per_answer = score_answers(run.answers, rows)
             scores[label] = ModelScores(
                 **summarize(run.answers, rows, per_answer),
@@ -68,6 +76,11 @@ def write_rouge_report(
                 wall_seconds=run.wall_seconds,
                 total_new_tokens=run.total_new_tokens,
             )
+            per_question[label] = per_answer.assign(
+                format_compliance=[float(a.parsed.compliant) for a in run.answers],
+                truncation_rate=[float(a.truncated) for a in run.answers],
+            )
+            mc_correct[label] = choices.correct
             for record in _sample_records(label, run, rows, choices, per_answer):
                 samples.write(json.dumps(record, ensure_ascii=False) + "\n")
             metrics = scores[label]
@@ -77,89 +90,38 @@ def write_rouge_report(
                 f"{run.tokens_per_second:.1f} generated tokens/s, multiple-choice accuracy "
                 f"{'n/a' if choices.accuracy is None else f'{choices.accuracy:.2%}'} (n={choices.n})"
             )
-    kept.clear()
-    _release_memory()
+    comparisons = []
+    if "base" in per_question:
+        comparisons = paired_comparisons(per_question["fine_tuned"], per_question["base"], mc_correct["fine_tuned"], mc_correct["base"])
+    for comparison in comparisons:
+        log.info(
+            f"fine-tuned minus base, {comparison.label}: {comparison.difference:+.4f} "
+            f"(95% interval {comparison.low:+.4f} to {comparison.high:+.4f}): {comparison.verdict}"
+        )
     report = EvaluationReport(
         n=len(rows), models=models, merged_model_dir=merged_model_location or str(merged_model_path), settings=config,
-        fine_tuned=scores["fine_tuned"], base=scores.get("base"), code_version=code_version,
+        fine_tuned=scores["fine_tuned"], base=scores.get("base"), comparisons=comparisons, code_version=code_version,
     )
     report.write(out_dir)
     return report
 
 
-def _answer(
-    reference: str, questions: list[str], validation: pd.DataFrame, config: EvaluationSettings, kept: dict, log,
-    progress=None,
-) -> tuple[GenerationRun, MultipleChoiceScores]:
-    """Load `reference` (once), answer, score the options; `kept["model"]` is left holding the model that answered.
-
-    When `kept` holds a model of the same architecture and tensor shapes, the new weights are copied into it and
-    it answers again: with the static cache its compiled decode step and CUDA graphs are reused as they are (the
-    same module, the same parameter addresses), so the second model pays no compilation. Otherwise the kept
-    model is freed first, and only one model is ever in memory.
-    """
-    target = kept.pop("model", None)
-    if target is not None and not same_shapes(target.config, reference, log):
-        target = None
-        _release_memory()
-    model, tokenizer = load_for_inference(reference, backend=config.inference_backend, attention=config.attention)
-    if target is not None and not takes_weights_of(target, model, log):
-        target = None
-        _release_memory()
-    if target is not None:
-        with torch.no_grad():
-            target.load_state_dict(model.state_dict(), strict=True)
-        target.generation_config = model.generation_config
-        log.info("the previous model's compiled graph answers, with these weights copied into it")
-        model = target
-        target = None
-        _release_memory()
-    if progress is not None:
-        progress("start", 0, len(questions))
-    run = generate_answers(model, tokenizer, questions, config, progress=progress, **cache_kwargs(config))
-    choices = score_multiple_choice(model, tokenizer, validation, batch_size=config.batch_size)
-    kept["model"] = model
-    return run, choices
-
-
-def same_shapes(config, reference: str, log=logging) -> bool:
-    """Whether `reference` (a model directory or id) has the same architecture and layer shapes as `config`,
-    in plain (unquantized) weights on both sides: a cheap check before the second model is loaded."""
-    from transformers import AutoConfig
-
-    try:
-        other = AutoConfig.from_pretrained(reference)
-    except (OSError, ValueError):
-        return False
-    keys = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim")
-    mine, theirs = config.to_dict(), other.to_dict()
-    differ = {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
-    if any(getattr(c, "quantization_config", None) for c in (config, other)):
-        differ["quantization_config"] = "present"
-    if differ:
-        log.info(f"loading {reference} as a model of its own (differs in {differ})")
-    return not differ
-
-
-def takes_weights_of(target, source, log=logging) -> bool:
-    """Whether `source`'s weights can be copied into `target` one for one: the same tensor names and shapes, and
-    no tied embedding in `target` that `source` keeps as two different matrices."""
-    mine = {name: tuple(t.shape) for name, t in target.state_dict().items()}
-    theirs = {name: tuple(t.shape) for name, t in source.state_dict().items()}
-    target_tied = getattr(target.config, "tie_word_embeddings", False)
-    source_tied = getattr(source.config, "tie_word_embeddings", False)
-    if mine != theirs or (target_tied and not source_tied):
-        differ = sorted(set(mine.items()) ^ set(theirs.items()))[:4]
-        log.info(f"loading the next model as a model of its own (tensors differ: {differ}, tied {target_tied}/{source_tied})")
-        return False
-    return True
-
-
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def paired_comparisons(
+    tuned: pd.DataFrame, base: pd.DataFrame, tuned_mc: list[float], base_mc: list[float]
+) -> list[PairedComparison]:
+    """Fine-tuned minus base for every per-answer metric, and for the option log-likelihood accuracy over the
+    rows both models were scored on, each with its paired interval."""
+    comparisons = []
+    for metric in METRICS:
+        if metric.key in tuned.columns:
+            comparisons.append(compare(
+                metric.key, metric.label, tuned[metric.key].tolist(), base[metric.key].tolist(),
+                higher_is_better=metric.higher_is_better, right_or_wrong=metric.key in RIGHT_OR_WRONG,
+            ))
+    if tuned_mc and len(tuned_mc) == len(base_mc):
+        metric = next(m for m in METRICS if m.key == "mc_accuracy")
+        comparisons.append(compare(metric.key, metric.label, tuned_mc, base_mc, right_or_wrong=True))
+    return comparisons
 
 
 def _progress_logger(label: str, config: EvaluationSettings, log):

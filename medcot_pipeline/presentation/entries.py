@@ -47,6 +47,13 @@ Entry = Union[Markdown, Table, Json, FilePath, Link, int, float, str, bool]
 EMPTY = (None, "", [], {})
 
 
+def text_table(rows: list[dict[str, Any]]) -> Table:
+    """Rows of equal keys as a table of text columns (the keys are the columns; backticks of markdown labels dropped)."""
+    columns = list(rows[0]) if rows else ["(none)"]
+    return Table(columns=tuple((column, "string") for column in columns),
+                 records=[{column: str(row[column]).replace("`", "") for column in columns} for row in rows])
+
+
 def without_empty(entries: dict[str, Any]) -> dict[str, Entry]:
     """The entries that say something: None, empty text and empty tables are left out."""
     kept = {}

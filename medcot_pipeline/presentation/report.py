@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from medcot_pipeline.contracts import EvaluationReport, GateDecision, TrainingSummary
+from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, GateDecision, TrainingSummary
 from medcot_pipeline.presentation.answers import answer_card, answers_side_by_side, answers_table, best_and_worst, read_samples
 from medcot_pipeline.presentation.charts import loss_chart_markdown
-from medcot_pipeline.presentation.entries import Entry, Markdown, Table, without_empty
+from medcot_pipeline.presentation.entries import Entry, Markdown, Table, text_table, without_empty
 from medcot_pipeline.presentation.text import key_value_table, rounded
 from medcot_pipeline.presentation.training import loss_series
 from medcot_pipeline.presentation.verdict import verdict_markdown
@@ -26,9 +26,10 @@ def answer_limit_text(report: EvaluationReport) -> str:
 
 
 def verdict_entries(decision: GateDecision, report: EvaluationReport, samples_path: Optional[Path],
-                    training: Optional[TrainingSummary]) -> dict[str, Entry]:
+                    training: Optional[TrainingSummary], benchmarks: Optional[BenchmarkReport] = None,
+                    note: str = "") -> dict[str, Entry]:
     """What both pages open with, each entry short enough to show inline."""
-    entries: dict[str, Any] = {"verdict": Markdown(verdict_markdown(decision, report))}
+    entries: dict[str, Any] = {"verdict": Markdown(verdict_markdown(decision, report, benchmarks, note=note))}
     if training is not None:
         entries["loss_curve"] = Markdown(loss_chart_markdown(loss_series(training)))
     if samples_path is not None and Path(samples_path).exists():
@@ -42,13 +43,11 @@ def verdict_entries(decision: GateDecision, report: EvaluationReport, samples_pa
 
 
 def comparison_table(report: EvaluationReport) -> Table:
-    """Base against fine-tuned, a metric a row, with which way is better: plain text, which wraps in the page's
-    narrow value column where a markdown table would run off its edge."""
+    """Base against fine-tuned, a metric a row, with which way is better and the change with its interval: plain
+    text, which wraps in the page's narrow value column where a markdown table would run off its edge."""
     from medcot_pipeline.evaluation.scores import comparison_rows
 
-    columns = ("metric", "better", "base", "fine-tuned", "change")
-    records = [{column: row[column].replace("`", "") for column in columns} for row in comparison_rows(report)]
-    return Table(columns=tuple((column, "string") for column in columns), records=records)
+    return text_table(comparison_rows(report))
 
 
 def rouge_report_page(report: EvaluationReport, decision: GateDecision, samples_path: Path,
@@ -56,8 +55,10 @@ def rouge_report_page(report: EvaluationReport, decision: GateDecision, samples_
     """rouge_report's metadata: the verdict first, then the comparison and every answer, then the numbers worth a
     chart across runs (the Plots tab draws every number) and how the answers were generated."""
     settings, tuned, base = report.settings, report.fine_tuned, report.base
+    # rouge_report does not read benchmark_report: its verdict covers the held-out criteria, and says so.
+    note = "held-out criteria; benchmark accuracy is judged by the release_gate check" if settings.gate_accuracy_lower_bound is not None else ""
     entries: dict[str, Any] = {
-        **verdict_entries(decision, report, samples_path, training),
+        **verdict_entries(decision, report, samples_path, training, note=note),
         "comparison": comparison_table(report),
         "answers": answers_table(samples_path),
         "answers_side_by_side": answers_side_by_side(samples_path),

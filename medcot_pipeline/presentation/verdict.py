@@ -1,71 +1,102 @@
-"""The verdict a report page opens with: the release gate's decision (passed, failed or disabled, each threshold
-against its value) and the key differences from the base model, short enough to show inline (under 1,000
-characters). A disabled gate reads as disabled, never as a pass."""
+"""The verdict a report page opens with: the release gate's decision (passed, failed or disabled, each criterion
+against its threshold) and the differences from the base model with their 95% paired intervals, short enough to
+show inline (under 1,000 characters). A disabled gate reads as disabled, never as a pass.
+
+The decision itself is evaluation/release_gate.py's; this module only words it, for the pages, the card and the
+run's log alike.
+"""
 
 from __future__ import annotations
 
-from medcot_pipeline.contracts import EvaluationReport, GateCriterion, GateDecision
+from typing import Optional
+
+from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, GateCriterion, GateDecision, PairedComparison
 from medcot_pipeline.presentation.text import percent_text, score_text, table_cell
 
 HEADLINES = {
     "passed": "✅ Release gate PASSED",
     "failed": "❌ Release gate FAILED: hub_release is blocked",
-    "disabled": "⚪ Release gate DISABLED: nothing was judged, this is not a pass",
+    "disabled": "⚪ Release gate DISABLED: it blocks nothing, this is not a pass",
 }
-# The differences worth a line in the verdict, in this order (the full table is the page's `comparison`).
+INLINE_LIMIT = 1000
+SYMBOLS = {">=": "≥", "<=": "≤"}
+# The differences worth a line in the verdict, in this order, then every benchmark (the full table is `comparison`).
 KEY_METRICS = {"rouge_l_response": "ROUGE-L (response)", "format_compliance": "well-formed answers",
-               "truncation_rate": "cut off", "mc_accuracy": "multiple-choice accuracy"}
+               "truncation_rate": "cut off", "mc_accuracy": "multiple-choice accuracy (log-likelihood)"}
 
 
-def criterion_value(criterion: GateCriterion, value) -> str:
-    return percent_text(value) if criterion.percent else score_text(value)
+def _mark(decision: GateDecision, criterion: GateCriterion) -> str:
+    if criterion.value is None:
+        return "–"
+    return ("✓" if criterion.passed else "✗") + (" (not enforced)" if decision.status == "disabled" else "")
 
 
-def criteria_table(decision: GateDecision) -> str:
-    """Each rule with its threshold and the value it judged; under a disabled gate, the column says not enforced."""
-    enforced = decision.status != "disabled"
-    lines = ["| criterion | rule | threshold | value | " + ("passed |" if enforced else "enforced |"), "|---|---|---|---|---|"]
-    for c in decision.criteria:
-        mark = ("✓" if c.passed else "✗") if enforced else "no"
-        lines.append(f"| {table_cell(c.name)} | {table_cell(c.rule)} | {criterion_value(c, c.threshold)} | "
-                     f"{criterion_value(c, c.value)} | {mark} |")
-    return "\n".join(lines)
+def criterion_line(decision: GateDecision, criterion: GateCriterion) -> str:
+    """`✗ format compliance (fine-tuned): 0.667, needs ≥ 0.900`, or what was not measured."""
+    if criterion.value is None:
+        return f"{_mark(decision, criterion)} {criterion.name}: {criterion.note or 'not measured'}"
+    return (f"{_mark(decision, criterion)} {criterion.name}: {score_text(criterion.value)}, needs "
+            f"{SYMBOLS.get(criterion.direction, criterion.direction)} {score_text(criterion.threshold)}")
 
 
-def differences_text(report: EvaluationReport) -> str:
-    """A line per key metric, base against fine-tuned: `- ROUGE-L (response): 0.056 → 0.076 (+0.020, better)`."""
-    from medcot_pipeline.evaluation.scores import METRICS, format_delta, format_value
+def _is_share(comparison: PairedComparison) -> bool:
+    from medcot_pipeline.evaluation.scores import METRICS
 
-    if report.base is None:
-        return "The base model was not evaluated: no comparison."
-    lines = [f"**Fine-tuned against the base model** (n = {report.n}):"]
-    for metric in METRICS:
-        if metric.key not in KEY_METRICS:
-            continue
-        base, tuned = getattr(report.base, metric.key), getattr(report.fine_tuned, metric.key)
-        if base is None or tuned is None:
-            continue
-        change = format_delta(metric, tuned - base).replace(" (", ", ").rstrip(")")
-        lines.append(f"- {KEY_METRICS[metric.key]}: {format_value(metric, base)} → {format_value(metric, tuned)} ({change})")
-    return "\n".join(lines)
+    shares = {metric.key for metric in METRICS if metric.percent}
+    return comparison.metric in shares or comparison.metric.startswith("accuracy:")
 
 
-def verdict_markdown(decision: GateDecision, report: EvaluationReport) -> str:
-    parts = [f"**{HEADLINES[decision.status]}**"]
-    if decision.status == "disabled":
-        parts.append(table_cell(decision.reasons[0]))
-    parts += [criteria_table(decision), differences_text(report)]
-    return "\n\n".join(parts)
+def difference_line(comparison: PairedComparison) -> str:
+    """`ROUGE-L (response): 0.056 → 0.076, +0.020 [-0.010, +0.050]: no detectable change`."""
+    from medcot_pipeline.evaluation.scores import change_text
+
+    share = _is_share(comparison)
+    value = percent_text if share else score_text
+    label = KEY_METRICS.get(comparison.metric, comparison.label.replace("`", ""))
+    return (f"{label}: {value(comparison.base)} → {value(comparison.fine_tuned)}, "
+            f"{change_text(share, comparison.difference, comparison)}: {comparison.verdict}")
+
+
+def differences_lines(report: EvaluationReport, benchmarks: Optional[BenchmarkReport] = None) -> list[str]:
+    held_out = {comparison.metric: comparison for comparison in report.comparisons}
+    ordered = [held_out[key] for key in KEY_METRICS if key in held_out]
+    ordered += [c for c in (benchmarks.comparisons if benchmarks is not None else []) if c.metric.startswith("accuracy:")]
+    return [difference_line(comparison) for comparison in ordered]
+
+
+def verdict_markdown(decision: GateDecision, report: EvaluationReport, benchmarks: Optional[BenchmarkReport] = None,
+                     limit: int = INLINE_LIMIT, note: str = "") -> str:
+    """Headline, one line a criterion, then the key differences with their intervals; lines that would take it past
+    `limit` are left to the page's `comparison` and `release_gate_criteria` entries, and it says so. `note` says
+    what the decision covers where it is not the whole gate."""
+    head = [f"**{HEADLINES[decision.status]}**" + (f" ({note})" if note else "")]
+    if decision.status == "disabled" and decision.reasons:
+        head.append(table_cell(decision.reasons[0]))
+    criteria = [f"- {table_cell(criterion_line(decision, c))}" for c in decision.criteria]
+    differences = differences_lines(report, benchmarks)
+    tail = (["**Fine-tuned against the base model** (n = {}, 95% paired intervals):".format(report.n),
+             *(f"- {table_cell(line)}" for line in differences)]
+            if differences else ["The base model was not evaluated: no comparison."])
+    lines = head + criteria + tail
+    text = "\n".join(lines)
+    while len(text) >= limit and len(lines) > len(head) + 1:
+        lines = lines[:-1]
+        text = "\n".join(lines + ["- … (the rest in `comparison` and the gate's criteria)"])
+    return text
+
+
+def gate_markdown(decision: Optional[GateDecision]) -> str:
+    """The gate's section on the model card: the headline, every criterion in a table, and why."""
+    from medcot_pipeline.evaluation.scores import gate_rows, markdown_table
+
+    if decision is None:
+        return "The release gate's decision was not recorded."
+    reasons = "\n".join(f"- {reason}" for reason in decision.reasons)
+    return "\n\n".join(part for part in (f"**{HEADLINES[decision.status]}**", markdown_table(gate_rows(decision)), reasons) if part)
 
 
 def verdict_line(decision: GateDecision) -> str:
-    """The decision in one line, for the run's log: `release gate FAILED: format compliance (fine-tuned) 50.0%,
-    threshold 90.0% ✗; …`; a disabled gate says it judged nothing."""
-    judged = "; ".join(
-        f"{c.name} {criterion_value(c, c.value)}, threshold {criterion_value(c, c.threshold)}"
-        + ("" if decision.status == "disabled" else " ✓" if c.passed else " ✗")
-        for c in decision.criteria
-    )
-    if decision.status == "disabled":
-        return f"release gate DISABLED: {decision.reasons[0]} ({judged})"
-    return f"release gate {decision.status.upper()}: {judged}"
+    """The decision in one line, for the run's log: `release gate FAILED: ✗ format compliance (fine-tuned): 0.667,
+    needs ≥ 0.900; ✓ …`."""
+    judged = "; ".join(criterion_line(decision, c) for c in decision.criteria)
+    return f"release gate {decision.status.upper()}: {judged or 'no criterion is set'}"

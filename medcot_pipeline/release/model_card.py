@@ -15,13 +15,21 @@ from typing import Any, Optional
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medcot_pipeline.base_models import EMBEDDED_HUB_IDS, base_model_license
-from medcot_pipeline.contracts import EvaluationReport, GateDecision, TrainingSummary
-from medcot_pipeline.evaluation.scores import METRICS, comparison_table
+from medcot_pipeline.contracts import (
+    BenchmarkReport,
+    DecontaminationSummary,
+    EvaluationReport,
+    GateDecision,
+    SplitsSummary,
+    TrainingSummary,
+)
+from medcot_pipeline.data.benchmarks import BENCHMARKS
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import METRICS, benchmark_rows, comparison_table, markdown_table
 from medcot_pipeline.presentation.report import answer_limit_text
 from medcot_pipeline.presentation.text import duration_text, score_text, setting_text, size_text
 from medcot_pipeline.presentation.training import graded_steps_markdown, kept_weights_text
-from medcot_pipeline.presentation.verdict import HEADLINES, criteria_table
-from medcot_pipeline.release.gate import decide
+from medcot_pipeline.presentation.verdict import gate_markdown
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # PEFT's weights file: its size is the adapter's download.
@@ -74,17 +82,25 @@ class ReleaseFacts:
     code_version: dict[str, str]  # asset -> code version of the materialization in this release's lineage
     adapter_location: Optional[str] = None  # "adapter/" (subfolder of this repo), another repo id, or None
     adapter_bytes: Optional[int] = None  # the adapter's weights file, as published
-    gate: Optional[GateDecision] = None  # the release gate's decision on this report; decided from it when None
+    benchmarks: Optional[BenchmarkReport] = None
+    gate: Optional[GateDecision] = None  # the release gate's decision; decided from the reports when None
+    decontamination: Optional[DecontaminationSummary] = None
     language: str = "en"
 
     @classmethod
     def from_artifacts(
         cls, repo_id: str, lora_adapter: Path | str, rouge_report: Path | str, code_version: dict[str, str],
-        adapter_location: Optional[str], license: Optional[str] = None,
+        adapter_location: Optional[str], license: Optional[str] = None, benchmark_report: Path | str | None = None,
+        formatted_splits: Path | str | None = None,
     ) -> "ReleaseFacts":
         """The facts of a release from its artifact directories: the contracts beside them, the adapter's weights
         file, the base model's card. `license` overrides the base model's (hub_release's `license` setting)."""
         summary = TrainingSummary.read(lora_adapter)
+        report = EvaluationReport.read(rouge_report)
+        benchmarks = BenchmarkReport.read(benchmark_report) if benchmark_report is not None else None
+        # The decontamination the card reports is that of the splits this adapter was trained on, or none.
+        splits = SplitsSummary.read(formatted_splits) if formatted_splits is not None else None
+        decontaminated = splits.decontamination if splits is not None and splits.content_sha256 == summary.splits_sha256 else None
         weights = Path(lora_adapter) / ADAPTER_WEIGHTS
         found = license or base_model_license(summary.base_model.name, summary.base_model.reference)
         if not found:
@@ -94,14 +110,14 @@ class ReleaseFacts:
                 "profile's hub_release config to the base model's license"
             )
         return cls(
-            repo_id=repo_id, license=found, training=summary, evaluation=EvaluationReport.read(rouge_report),
-            code_version=code_version, adapter_location=adapter_location,
-            adapter_bytes=weights.stat().st_size if weights.exists() else None,
+            repo_id=repo_id, license=found, training=summary, evaluation=report, code_version=code_version,
+            adapter_location=adapter_location, adapter_bytes=weights.stat().st_size if weights.exists() else None,
+            benchmarks=benchmarks, gate=decide(report, benchmarks), decontamination=decontaminated,
         )
 
     @property
     def decision(self) -> GateDecision:
-        return self.gate or decide(self.evaluation)
+        return self.gate or decide(self.evaluation, self.benchmarks)
 
     @property
     def tags(self) -> list[str]:
@@ -214,6 +230,26 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
                 metric_value=round(float(value), 4),
             )
         )
+    benchmarks = facts.benchmarks
+    if benchmarks is not None and not benchmarks.stand_in:
+        sources = {source.name: source for source in benchmarks.sources}
+        for scores in benchmarks.fine_tuned:
+            source = sources.get(scores.benchmark)
+            if source is None:
+                continue
+            spec = BENCHMARKS.get(scores.benchmark)
+            results.append(EvalResult(
+                task_type="multiple-choice",
+                task_name="Medical multiple-choice questions, answered with reasoning (the choice read from the answer)",
+                dataset_type=spec.hub_id if spec else source.name,
+                dataset_name=f"{source.title} ({scores.n} questions)",
+                dataset_config=spec.config if spec else None,
+                dataset_split=spec.split if spec else None,
+                dataset_revision=source.commit,
+                metric_type="accuracy",
+                metric_name="Accuracy",
+                metric_value=round(scores.accuracy, 4),
+            ))
     return results
 
 
@@ -246,11 +282,6 @@ def kept_checkpoint_text(summary: TrainingSummary) -> str:
     return f"{text}\n\n{graded_steps_markdown(summary)}" if summary.graded_steps else text
 
 
-def gate_text(decision: GateDecision) -> str:
-    """The release gate's decision on this model, each threshold against its value."""
-    return f"**{HEADLINES[decision.status]}**\n\n{criteria_table(decision)}\n\n" + "\n".join(f"- {reason}" for reason in decision.reasons)
-
-
 def sample_sizes_text(report: EvaluationReport) -> str:
     """The n behind each row of the results table."""
     text = f"n = {report.n} answers per model for ROUGE-L, well-formed output and cut-off"
@@ -279,6 +310,54 @@ def multiple_choice_text(report: EvaluationReport) -> str:
         f"- For context only, other models on the MedQA test set as reported in the HuatuoGPT-o1 paper: {others}. "
         "These are not this model's scores, and the paper measured them by generating a reasoned answer and "
         "reading its letter, not by option log-likelihood."
+    )
+
+
+HOW_TO_READ_AN_INTERVAL = (
+    "Each change is fine-tuned minus base on the same questions, with a 95% paired bootstrap interval in brackets "
+    "(the questions resampled 10,000 times, each with both models' scores). \"better\" or \"worse\" means the "
+    "whole interval lies on one side of zero; \"no detectable change\" means it straddles zero: at this number of "
+    "questions the data cannot tell the two models apart, whatever the point estimate says."
+)
+
+
+def benchmarks_text(report: Optional[BenchmarkReport]) -> str:
+    """The benchmarks section: what was answered and how it was graded, the table, and the stand-in warning."""
+    if report is None or not report.fine_tuned:
+        return "No standard benchmark was measured for this release."
+    settings = report.settings
+    lines = []
+    if report.stand_in:
+        lines.append(
+            "**These are not benchmark results.** The questions are medcot's stand-in sample, written for the project "
+            "to exercise the evaluation offline; they are not MedQA, MedMCQA or PubMedQA, and the numbers say nothing "
+            "about how the model does on those."
+        )
+    lines.append(
+        f"Each model answered every question in its own format (greedy, up to {settings.max_new_tokens} new tokens"
+        f"{f' + {settings.continuation_tokens}' if settings.continuation_tokens else ''}); the chosen option was read "
+        "from the answer's `<response>` (for a model without the tags, from its whole answer) by medcot's documented "
+        "parser. An answer cut off at the limit, or naming no option or several, counts as wrong and is counted under "
+        "\"no choice\". The option log-likelihood accuracy (lm-eval-harness's way: the likeliest option letter after "
+        "a plain prompt) is shown beside it as a second number."
+    )
+    lines.append(markdown_table(benchmark_rows(report)))
+    read = [f"{s.title}: `{s.commit}`" for s in report.sources if s.commit]
+    if read:
+        lines.append("Read from the Hub at: " + "; ".join(read) + ".")
+    return "\n\n".join(lines)
+
+
+def decontamination_text(summary: Optional[DecontaminationSummary]) -> str:
+    if summary is None:
+        return "The training split was not checked for overlap with the evaluation questions."
+    compared = ", ".join(f"{name} ({count} texts)" for name, count in summary.references.items())
+    removed = ", ".join(f"{name}: {count}" for name, count in summary.removed_by_source.items() if count) or "none"
+    return (
+        f"Before training, every training record was compared with {compared}: a record sharing a run of "
+        f"{summary.ngram_words} words with any of them (after normalising case, Unicode and spacing; shorter texts "
+        f"as a whole) was left out, as in the GPT-3 and OLMo decontamination. Records left out: "
+        f"{summary.removed_rows} ({removed}). The `training_data_is_decontaminated` check found none left."
     )
 
 
@@ -358,13 +437,15 @@ reasoning needs a generous `max_new_tokens`; an answer cut off before `</respons
 {{ n_text }}, answered by {{ answered_by }}{{ decoding }}; each answer is graded against the reference
 answer of the dataset.
 
-{{ results_table }}
-
-{{ sample_sizes }}
-
 ### Release gate
 
-{{ release_gate }}
+{{ gate }}
+
+### Held-out questions
+
+{{ results_table }}
+
+{{ sample_sizes }} {{ how_to_read }}
 
 - ROUGE-L F1 measures word overlap with the reference (longest common subsequence). It rewards answers phrased
   like the references, not medical correctness: a correct answer in other words scores low, and a fluent wrong
@@ -372,6 +453,14 @@ answer of the dataset.
 - Well-formed output: the share of answers with one `<think>` part followed by one `<response>` part.
 - Cut off: the share of answers that hit the token limit before closing `</response>`.
 {{ multiple_choice }}
+
+### Benchmarks
+
+{{ benchmarks }}
+
+### Decontamination
+
+{{ decontamination }}
 
 ## Training
 
@@ -498,6 +587,10 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         adapter_section=_adapter_section(facts, base_id),
         n_text=f"{report.n} questions held out of training",
         results_table=comparison_table(report),
+        gate=gate_markdown(facts.decision),
+        how_to_read=HOW_TO_READ_AN_INTERVAL,
+        benchmarks=benchmarks_text(facts.benchmarks),
+        decontamination=decontamination_text(facts.decontamination),
         multiple_choice=multiple_choice_text(report),
         sample_sizes=sample_sizes_text(report),
         kept_checkpoint=kept_checkpoint_text(summary),
@@ -507,7 +600,6 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         language={"en": "English"}.get(facts.language, facts.language),
         code_versions=code_versions_text(facts.code_version),
         wandb=wandb_text(facts.wandb_url, logged=summary.wandb is not None, graded=bool(summary.graded_steps)),
-        release_gate=gate_text(facts.decision),
     )
 
 

@@ -134,6 +134,8 @@ def build_trainer(
         callbacks=list(callbacks),
     )
     if grading.grades_training(settings, eval_dataset is not None) and sft_config.load_best_model_at_end:
+        if answer_questions is None and grading.MergedCopy.supports(model):
+            answer_questions = grading.MergedCopy(log, backend=backend)
         trainer.add_callback(
             grading.GradingCallback(
                 trainer,

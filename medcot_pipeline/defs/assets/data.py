@@ -3,12 +3,19 @@
 import dagster as dg
 import pandas as pd
 
-from medcot_pipeline.contracts import DatasetProvenance, SplitsSummary
-from medcot_pipeline.data import cleaning, raw_parquet, sources, splits, token_budget
+from medcot_pipeline.contracts import BenchmarkQuestions, BenchmarkSource, DatasetProvenance, DecontaminationSummary, SplitsSummary
+from medcot_pipeline.data import benchmarks, cleaning, decontamination, raw_parquet, sources, splits, token_budget
 from medcot_pipeline.data.schema import RAW_COLUMNS, DatasetError, SourceUnreachableError
-from medcot_pipeline.defs.metadata import records_preview, summary_table
+from medcot_pipeline.defs.metadata import benchmark_sources_table, records_preview, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, HubResource
-from medcot_pipeline.defs.stages import FormattingConfig, RawDatasetConfig, current_code_version, profile_settings, stage_asset
+from medcot_pipeline.defs.stages import (
+    BenchmarkQuestionsConfig,
+    FormattingConfig,
+    RawDatasetConfig,
+    current_code_version,
+    profile_settings,
+    stage_asset,
+)
 
 # Only a source that could not be reached is retried (allow_retries below); bad data fails the same way every time.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
@@ -69,11 +76,56 @@ def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, art
     )
 
 
+@stage_asset(kinds={"huggingface", "parquet"}, retry_policy=NETWORK_RETRY)
+def benchmark_questions(
+    context: dg.AssetExecutionContext, config: BenchmarkQuestionsConfig, artifacts: ArtifactStore
+) -> dg.Output[str]:
+    """The test questions of MedQA, MedMCQA and PubMedQA (each at a recorded commit), or offline the sample written
+    for this project that stands in for them. benchmark_report answers them; formatted_splits keeps them out of training."""
+    revisions = {"medqa": config.medqa_revision, "medmcqa": config.medmcqa_revision, "pubmedqa": config.pubmedqa_revision}
+    try:
+        loaded = benchmarks.load_benchmarks(config.source, config.benchmarks, revisions)
+    except DatasetError as err:
+        raise dg.Failure(str(err), allow_retries=isinstance(err, SourceUnreachableError)) from None
+    questions = pd.concat([benchmark.rows for benchmark in loaded], ignore_index=True)
+    content_hash = raw_parquet.frame_sha256(questions)
+    summary = BenchmarkQuestions(
+        settings=config,
+        sources=[
+            BenchmarkSource(
+                name=b.name, title=b.title, questions=len(b.rows), skipped=b.skipped, location=b.location,
+                revision=b.revision, commit=b.commit, stand_in=b.stand_in,
+            )
+            for b in loaded
+        ],
+        content_sha256=content_hash,
+        code_version=current_code_version(context),
+    )
+    with artifacts.new_version("benchmark_questions", context.run_id) as staging:
+        questions.to_parquet(staging / benchmarks.QUESTIONS_FILE, index=False)
+        summary.write(staging)
+    out_dir = artifacts.version_dir("benchmark_questions", context.run_id)
+    if summary.stand_in:
+        context.log.warning(f"benchmark_questions holds the stand-in sample, not a benchmark: {benchmarks.SAMPLE_TITLE}")
+    return dg.Output(
+        str(out_dir),
+        data_version=dg.DataVersion(content_hash[:16]),
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "dagster/row_count": len(questions),
+            "benchmarks": benchmark_sources_table(summary.sources),
+            "content_sha256": content_hash,
+            "preview": records_preview(questions, ["benchmark", "question", "options", "answer_idx"]),
+        },
+    )
+
+
 @stage_asset(kinds={"pandas", "parquet"})
 def formatted_splits(
     context: dg.AssetExecutionContext,
     config: FormattingConfig,
     raw_dataset: str,
+    benchmark_questions: str,
     artifacts: ArtifactStore,
     base_model: BaseModelResource,
 ) -> dg.Output[str]:
@@ -100,6 +152,20 @@ def formatted_splits(
     except DatasetError as err:
         raise dg.Failure(str(err)) from err
 
+    # Training records that hold text of a held-out record or a benchmark question are left out (13-word overlap).
+    references = decontamination.split_references(validation, benchmarks.read_questions(benchmark_questions))
+    removal = decontamination.decontaminate(decontamination.training_fields(train), references)
+    train = train.iloc[removal.kept_positions].reset_index(drop=True)
+    if train.empty:
+        raise dg.Failure(f"every training record overlaps a held-out or benchmark question ({removal.removed_by_source}); nothing is left to train on")
+    decontaminated = DecontaminationSummary(
+        ngram_words=decontamination.NGRAM_WORDS, min_words=decontamination.MIN_WORDS,
+        boilerplate_documents=decontamination.BOILERPLATE_DOCUMENTS, references=removal.references,
+        removed_by_source=removal.removed_by_source, removed_rows=removal.removed_rows, boilerplate_ngrams=removal.boilerplate_ngrams,
+    )
+    if removal.removed_rows:
+        context.log.info(f"left {removal.removed_rows} training record(s) out for overlapping held-out or benchmark text: {removal.removed_by_source}")
+
     content_hash = raw_parquet.frame_sha256(pd.concat([train.assign(_split="train"), validation.assign(_split="validation")]))
     dropped = cleaning_counts["input_rows"] - cleaning_counts["output_rows"] + (over_limit if config.overlength_policy == "drop" else 0)
     summary = SplitsSummary(
@@ -116,6 +182,7 @@ def formatted_splits(
         validation_rows=len(validation),
         dropped_rows=dropped,
         dropped_share=round(dropped / max(len(records), 1), 4),
+        decontamination=decontaminated,
         content_sha256=content_hash,
         code_version=current_code_version(context),
     )
@@ -141,7 +208,9 @@ def formatted_splits(
                 "train rows": len(train),
                 "validation rows": f"{len(validation)} of {config.validation_size} requested",
                 "validation note": split_info["validation_size_reason"],
+                "left out of train (overlap with held-out or benchmark text)": removal.removed_rows,
             }),
+            "decontamination": dg.MetadataValue.json(decontaminated.model_dump()),
             "token_lengths": summary_table({
                 "tokenizer": base_model.name,
                 "median": stats.get("median"),

@@ -4,21 +4,24 @@ from pathlib import Path
 
 import dagster as dg
 
-from medcot_pipeline.contracts import EvaluationReport, MergeRecord, TrainingSummary
+from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, TrainingSummary
 from medcot_pipeline.defs.metadata import metadata_values, model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
 
 
-def check_lineage(report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str) -> None:
-    """The report graded this merged model, and this merged model holds this adapter; else say what to rerun."""
+def check_lineage(
+    report: EvaluationReport, merge: MergeRecord, merged_model: str, lora_adapter: str, benchmarks: BenchmarkReport | None = None
+) -> None:
+    """The reports graded this merged model, and this merged model holds this adapter; else say what to rerun."""
     # allow_retries=False: the same artifacts disagree the same way on a retry.
-    if Path(report.merged_model_dir) != Path(merged_model):
-        raise dg.Failure(
-            f"rouge_report graded {report.merged_model_dir}, not the current merged_model {merged_model}: "
-            "materialize rouge_report (and hub_release) again so the release is the model that was graded",
-            allow_retries=False,
-        )
+    for asset, graded in (("rouge_report", report.merged_model_dir), ("benchmark_report", benchmarks.merged_model_dir if benchmarks else None)):
+        if graded is not None and Path(graded) != Path(merged_model):
+            raise dg.Failure(
+                f"{asset} graded {graded}, not the current merged_model {merged_model}: "
+                f"materialize {asset} (and hub_release) again so the release is the model that was graded",
+                allow_retries=False,
+            )
     if Path(merge.adapter_dir) != Path(lora_adapter):
         raise dg.Failure(
             f"merged_model was merged from {merge.adapter_dir}, not the current lora_adapter {lora_adapter}: "
@@ -36,6 +39,8 @@ def hub_release(
     merged_model: str,
     lora_adapter: str,
     rouge_report: str,
+    benchmark_report: str,
+    formatted_splits: str,
     artifacts: ArtifactStore,
     hub: HubResource,
 ) -> dg.Output[str]:
@@ -47,12 +52,13 @@ def hub_release(
     # Every fact comes from the artifacts this release is made of, following their own records upstream.
     try:
         report = EvaluationReport.read(rouge_report)
+        benchmarks = BenchmarkReport.read(benchmark_report)
         merge = MergeRecord.read(merged_model)
         summary = TrainingSummary.read(lora_adapter)
     except ContractError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     # Contracts name artifacts by their location in the root (on object storage, not this node's copies).
-    check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter))
+    check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter), benchmarks)
     try:
         facts = ReleaseFacts.from_artifacts(
             config.repo_id, lora_adapter, rouge_report,
@@ -64,9 +70,9 @@ def hub_release(
                 "hub_release": current_code_version(context) or "unknown",
             },
             adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
-            license=config.license,
+            license=config.license, benchmark_report=benchmark_report, formatted_splits=formatted_splits,
         )
-    except ReleaseFactsError as err:
+    except (ReleaseFactsError, ContractError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     card = build_model_card(facts)
     try:
@@ -104,9 +110,13 @@ def release_metadata(facts, rouge_report: str, card, staged: Path, manifest, con
     from medcot_pipeline.presentation.report import verdict_entries
     from medcot_pipeline.presentation.text import size_text
 
-    opening = verdict_entries(facts.decision, facts.evaluation, Path(rouge_report) / SAMPLES_FILE, facts.training)
+    from medcot_pipeline.evaluation.scores import gate_rows, markdown_table
+
+    opening = verdict_entries(facts.decision, facts.evaluation, Path(rouge_report) / SAMPLES_FILE, facts.training, facts.benchmarks)
     return {
         **metadata_values(opening),
+        # Every criterion with its detail (the interval behind it): the verdict above has one line each.
+        "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(facts.decision))),
         "path": dg.MetadataValue.path(str(staged)),
         "repo_id": config.repo_id,
         "private": config.private,
