@@ -18,7 +18,7 @@ from medcot_pipeline.presentation.text import percent_text
 INLINE_LIMIT = 1000  # Dagster's UI shows markdown inline below this many characters
 # Wide enough to read, narrow enough for the value column of an asset page's metadata table (the page's 896 px
 # pane less the key and timestamp columns): a wider image pushes the table past the pane's edge.
-CHART_WIDTH, CHART_HEIGHT = 440, 180
+CHART_WIDTH, CHART_HEIGHT = 400, 170
 ALT_TEXT = "loss per step"
 
 

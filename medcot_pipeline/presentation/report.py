@@ -47,7 +47,10 @@ def comparison_table(report: EvaluationReport) -> Table:
     text, which wraps in the page's narrow value column where a markdown table would run off its edge."""
     from medcot_pipeline.evaluation.scores import comparison_rows
 
-    return text_table(comparison_rows(report))
+    # Which way is better goes into the metric's cell: one column fewer, so the table fits the page's pane.
+    rows = [{"metric": f"{row['metric']} ({row['better']} is better)", **{k: v for k, v in row.items() if k not in ("metric", "better")}}
+            for row in comparison_rows(report)]
+    return text_table(rows)
 
 
 def rouge_report_page(report: EvaluationReport, decision: GateDecision, samples_path: Path,
