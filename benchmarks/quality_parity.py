@@ -32,7 +32,7 @@ def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> 
 
     from medcot_pipeline import backends
     from medcot_pipeline.settings import TrainingSettings
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     records_per_step = {"t4": 8, "h100": 24}[layout]
     common = dict(backend="transformers", load_in_4bit=False, optim="adamw_torch", gradient_checkpointing=False,
@@ -46,7 +46,7 @@ def train_and_evaluate(layout: str, model_dir: str, train, validation, args) -> 
                                 packing=True, padding_free=True, learning_rate=args.lr * math.sqrt(3),
                                 max_steps=math.ceil(args.records / records_per_step), warmup_steps=0)
     torch.manual_seed(0)
-    model, tokenizer = backends.load_for_training("transformers", model_dir, config, args.max_seq_length)
+    model, tokenizer = backends.TRANSFORMERS.load_for_training(model_dir, config, args.max_seq_length)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(
             model, tokenizer, config, args.max_seq_length, train.head(args.records), validation, output_dir,

@@ -88,7 +88,7 @@ def training_settings(name: str, tiny: bool):
     return profile_name, TrainingSettings(**values), (256 if tiny else max_seq_length)
 
 
-def resolved_backend(config, processes: int = 1) -> str:
+def resolved_backend(config, processes: int = 1):
     from medcot_pipeline.backends import resolve_backend
 
     return resolve_backend(config.backend, "training", processes)
@@ -285,20 +285,19 @@ def profile_one_step(trainer, out_path: Path) -> dict:
 
 
 def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
-    from medcot_pipeline import backends
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     profile_name, config, max_seq_length = training_settings(name, args.tiny)
     config = config.model_copy(update={"max_steps": args.warmup + args.steps})
     backend = resolved_backend(config, world_size())
     # Variants that load the model the same way share it; their LoRA weights start from the same values.
-    load_key = (backend, config.load_in_4bit, config.gradient_checkpointing, config.lora_r, config.lora_alpha,
+    load_key = (backend.name, config.load_in_4bit, config.gradient_checkpointing, config.lora_r, config.lora_alpha,
                 config.lora_dropout, max_seq_length)
     started = time.perf_counter()
     if reuse.get("key") == load_key:
         model, tokenizer = reuse["model"], reuse["tokenizer"]
         model.load_state_dict(reuse["initial_lora"], strict=False)
-        if backend == "unsloth":
+        if backend.name == "unsloth":
             from medcot_pipeline.backends.unsloth_lora import configure_packed_attention
 
             configure_packed_attention(config)
@@ -307,8 +306,8 @@ def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        backends.prepare(backend)
-        model, tokenizer = backends.load_for_training(backend, str(model_dir), config, max_seq_length)
+        backend.prepare()
+        model, tokenizer = backend.load_for_training(str(model_dir), config, max_seq_length)
         initial = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
         reuse.update(key=load_key, model=model, tokenizer=tokenizer, initial_lora=initial)
     load_seconds = time.perf_counter() - started
@@ -328,7 +327,7 @@ def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
         result = {
             "variant": name,
             "profile": profile_name,
-            "backend": backend,
+            "backend": backend.name,
             "settings": {key: getattr(config, key) for key in (
                 "load_in_4bit", "per_device_train_batch_size", "gradient_accumulation_steps", "packing", "padding_free",
                 "gradient_checkpointing", "optim", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "packed_attention",
@@ -352,7 +351,7 @@ def run_variant(name: str, model_dir: Path, frame, args, reuse: dict) -> dict:
                 result["profile_step"] = profile_one_step(trainer, Path(args.out).parent / f"profile_train_{tag}.txt")
             except Exception as err:  # noqa: BLE001 - the timing above stands without it
                 result["profile_step"] = {"error": f"{type(err).__name__}: {str(err)[:1000]}"}
-        if args.check_varlen and backend == "unsloth" and world_size() == 1 and (config.packing or config.padding_free):
+        if args.check_varlen and backend.name == "unsloth" and world_size() == 1 and (config.packing or config.padding_free):
             if config.lora_dropout == 0:
                 try:
                     result["varlen_parity"] = varlen_parity(trainer, config)
@@ -387,10 +386,10 @@ def library_versions() -> dict:
 
 def worker(args) -> int:
     names = args.variants.split(",")
-    if any(resolved_backend(training_settings(n, args.tiny)[1], world_size()) == "unsloth" for n in names):
+    if any(resolved_backend(training_settings(n, args.tiny)[1], world_size()).name == "unsloth" for n in names):
         from medcot_pipeline import backends
 
-        backends.prepare("unsloth")  # first (each rank on its own GPU), so that it patches transformers, TRL and PEFT
+        backends.UNSLOTH.prepare()  # first (each rank on its own GPU), so that it patches transformers, TRL and PEFT
 
     frame = load_formatted_records(args.records)
     if args.tiny:
@@ -471,7 +470,7 @@ def main(argv=None) -> int:
         # Unpatched libraries first (the baseline), then everything that imports Unsloth, each in its own process.
         groups: dict[str, list[str]] = {}
         for name in names:
-            groups.setdefault(resolved_backend(training_settings(name, args.tiny)[1], args.nproc), []).append(name)
+            groups.setdefault(resolved_backend(training_settings(name, args.tiny)[1], args.nproc).name, []).append(name)
         for backend in sorted(groups, key=lambda b: b != "transformers"):
             nproc = args.nproc if backend == "unsloth" or args.tiny else 1
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}

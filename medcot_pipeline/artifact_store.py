@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Iterator, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medcot_pipeline.artifact_io import atomic_directory, file_sha256, write_text_atomic
+from medcot_pipeline.checkpoints import CHECKPOINT_NAME, checkpoint_step, newest_complete_checkpoint
 
 MANIFEST_FILE = "_MANIFEST.json"
 # Where a node keeps its copies of an object-storage root, unless the resource names a cache_dir.
 CACHE_ENV = "MEDCOT_ARTIFACT_CACHE"
-CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 class ArtifactError(RuntimeError):
@@ -356,13 +355,6 @@ class CheckpointMirror:
         return target
 
     def _newest_local(self) -> int:
-        """The newest local checkpoint whose trainer_state.json (written last by the Trainer) parses; -1 if none."""
-        steps = [-1]
-        for path in self.local_dir.glob("checkpoint-*") if self.local_dir.is_dir() else []:
-            match = CHECKPOINT_NAME.fullmatch(path.name)
-            try:
-                if match and json.loads((path / "trainer_state.json").read_text()) is not None:
-                    steps.append(int(match[1]))
-            except (OSError, ValueError):
-                continue
-        return max(steps)
+        """The step of the newest local checkpoint a run would resume from (checkpoints.py); -1 if none."""
+        newest = newest_complete_checkpoint(self.local_dir)
+        return -1 if newest is None else checkpoint_step(newest)

@@ -171,7 +171,7 @@ class TrainingSummary(Contract):
     backend: str
     base_weights: str  # how the base was held while training: "4-bit NF4 (QLoRA)", "bfloat16", "float32"
     processes: int
-    # Rows per optimizer step over all processes, and how each process made them (training/distributed.py).
+    # Rows per optimizer step over all processes, and how each process made them (data_parallel.py).
     global_batch_rows: Optional[int] = None
     per_process_batch: Optional[int] = None
     per_process_accumulation: Optional[int] = None

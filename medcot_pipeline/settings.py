@@ -119,7 +119,7 @@ class TrainingSettings(Settings):
     @classmethod
     def _num_gpus_share_the_batch(cls, num_gpus: int, info: ValidationInfo) -> int:
         """A GPU count that cannot share the global batch evenly fails at launch, not after the data steps."""
-        from medcot_pipeline.training.distributed import split_global_batch
+        from medcot_pipeline.data_parallel import split_global_batch
 
         batch, accumulation = info.data.get("per_device_train_batch_size"), info.data.get("gradient_accumulation_steps")
         if num_gpus > 1 and batch and accumulation:

@@ -2,7 +2,6 @@
 (two gloo processes on CPU, through Dagster Pipes)."""
 
 import json
-import logging
 import re
 import signal
 import sys
@@ -16,11 +15,11 @@ import pydantic
 import pytest
 import yaml
 
+from medcot_pipeline import data_parallel
 from medcot_pipeline.defs.profiles import PROFILES_DIR, ProfileError
 from medcot_pipeline.defs.stages import config_class, profile_settings, read_profile
 from medcot_pipeline.settings import TrainingSettings
-from medcot_pipeline.training import distributed
-from medcot_pipeline.training import run as training_run
+from medcot_pipeline.training import distributed, recipe
 from medcot_pipeline_tests.pipeline_harness import load_defs, materialize, materialized_in, step_errors, tiny_profile, write_profile
 from medcot_pipeline_tests.test_training import make_job, splits  # noqa: F401 - splits is a fixture
 
@@ -72,7 +71,7 @@ def test_num_gpus_zero_takes_the_visible_gpus_that_share_the_batch_evenly():
     ],
 )
 def test_the_global_batch_is_shared_by_the_processes(batch, accumulation, processes, per_device, per_process_accumulation):
-    split = distributed.split_global_batch(batch, accumulation, processes)
+    split = data_parallel.split_global_batch(batch, accumulation, processes)
     assert (split.per_device_batch, split.accumulation) == (per_device, per_process_accumulation)
     assert split.global_batch == batch * accumulation
 
@@ -83,10 +82,10 @@ def test_every_split_keeps_the_global_batch_and_the_largest_micro_batch_that_fit
             rows = batch * accumulation
             for processes in range(1, 9):
                 if rows % processes:
-                    with pytest.raises(distributed.BatchSplitError, match=f"{rows} rows"):
-                        distributed.split_global_batch(batch, accumulation, processes)
+                    with pytest.raises(data_parallel.BatchSplitError, match=f"{rows} rows"):
+                        data_parallel.split_global_batch(batch, accumulation, processes)
                     continue
-                split = distributed.split_global_batch(batch, accumulation, processes)
+                split = data_parallel.split_global_batch(batch, accumulation, processes)
                 assert split.global_batch == rows and split.processes == processes
                 assert 1 <= split.per_device_batch <= batch  # never more memory per GPU than the profile on one GPU
                 per_process = rows // processes
@@ -95,8 +94,8 @@ def test_every_split_keeps_the_global_batch_and_the_largest_micro_batch_that_fit
 
 def test_a_gpu_count_that_cannot_share_the_batch_fails_at_launch(tmp_path):
     message = "global batch of 24 rows a step .* does not split evenly over 5 GPUs; use a GPU count that divides it \\(1, 2, 3, 4, 6, 8, 12, 24\\)"
-    with pytest.raises(distributed.BatchSplitError, match=message):
-        distributed.split_global_batch(24, 1, 5)
+    with pytest.raises(data_parallel.BatchSplitError, match=message):
+        data_parallel.split_global_batch(24, 1, 5)
     # In a profile: the launch fails naming the file and the key.
     profile = tmp_path / "five.yaml"
     profile.write_text(yaml.safe_dump({"ops": {"lora_adapter": {"config": {
@@ -113,16 +112,15 @@ def test_a_gpu_count_that_cannot_share_the_batch_fails_at_launch(tmp_path):
 
 
 def test_each_process_runs_its_share():
-    log = logging.getLogger("medcot-tests.distributed")
     h100_like = TrainingSettings(per_device_train_batch_size=24, gradient_accumulation_steps=1, max_steps=67, learning_rate=1.73e-5)
-    shared = training_run.per_process_settings(h100_like, 2, log)
+    shared = recipe.per_process_settings(h100_like, 2)
     assert (shared.per_device_train_batch_size, shared.gradient_accumulation_steps) == (12, 1)
     # Steps, learning rate and schedule are untouched: each step still sees 24 rows.
     assert shared.model_dump(exclude={"per_device_train_batch_size", "gradient_accumulation_steps"}) == h100_like.model_dump(
         exclude={"per_device_train_batch_size", "gradient_accumulation_steps"}
     )
-    assert training_run.global_batch(shared, 2).global_batch == 24
-    assert training_run.per_process_settings(h100_like, 1, log) is h100_like
+    assert recipe.batch_layout(shared, 2).global_batch == 24
+    assert recipe.per_process_settings(h100_like, 1) is h100_like
 
 
 def test_the_multi_gpu_profile_is_h100_on_every_gpu():
@@ -137,7 +135,7 @@ def test_the_multi_gpu_profile_is_h100_on_every_gpu():
     training = profile_settings("lora_adapter", multi)
     rows = training.per_device_train_batch_size * training.gradient_accumulation_steps
     for gpus in (1, 2, 4, 8):  # the hosts the device pool lends, and an 8-GPU node
-        assert distributed.split_global_batch(training.per_device_train_batch_size, training.gradient_accumulation_steps, gpus).global_batch == rows
+        assert data_parallel.split_global_batch(training.per_device_train_batch_size, training.gradient_accumulation_steps, gpus).global_batch == rows
 
 
 # ---------------------------------------------------------------- two gloo processes
@@ -240,7 +238,7 @@ def killed_rank_and_rerun(tiny_llama_dir, tmp_path_factory):
     seen: dict = {}
     killer = threading.Thread(target=kill_rank_after_checkpoint, args=(checkpoints, 1, 2, 600, seen), daemon=True)
     killer.start()
-    crashed = materialize(defs, instance, ["raw_dataset", "formatted_splits", "lora_adapter"])
+    crashed = materialize(defs, instance, ["raw_dataset", "benchmark_questions", "formatted_splits", "lora_adapter"])
     killer.join(timeout=5)
     state = {
         "defs": defs, "instance": instance, "artifacts": artifacts, "seen": seen, "crashed": crashed,
@@ -257,7 +255,7 @@ def test_a_killed_rank_fails_the_step_naming_it_and_leaves_no_adapter(killed_ran
     assert "checkpoint-8" not in seen["checkpoints_at_kill"], "training finished before the kill landed"
 
     assert not crashed.success
-    assert materialized_in(crashed) == {"raw_dataset", "formatted_splits"}
+    assert materialized_in(crashed) == {"raw_dataset", "benchmark_questions", "formatted_splits"}
     errors = "\n".join(step_errors(instance, crashed.run_id))
     assert "data-parallel training failed: rank 1 failed first (killed by SIGKILL); torchrun stopped all 2 processes" in errors, errors
     assert "rerun to resume from the last one" in errors

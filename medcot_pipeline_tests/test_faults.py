@@ -170,7 +170,7 @@ def test_base_model_missing_from_the_hub_fails_the_first_asset_that_needs_it(tmp
     profile["resources"]["base_model"]["config"]["name"] = MISSING_MODEL
     (tmp_path / "home").mkdir()
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
-    result = materialize(load_defs(write_profile(tmp_path / "missing.yaml", profile)), instance, ["raw_dataset", "formatted_splits"])
+    result = materialize(load_defs(write_profile(tmp_path / "missing.yaml", profile)), instance, ["raw_dataset", "benchmark_questions", "formatted_splits"])
 
     assert not result.success
     assert materialized_in(result) == {"raw_dataset"}
@@ -187,13 +187,13 @@ def test_run_config_that_breaks_a_constraint_fails_the_step_naming_the_field(tmp
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=instance,
-        asset_selection=[dg.AssetKey(k) for k in ("raw_dataset", "formatted_splits", "lora_adapter")],
+        asset_selection=[dg.AssetKey(k) for k in ("raw_dataset", "benchmark_questions", "formatted_splits", "lora_adapter")],
         run_config={"ops": {"lora_adapter": {"config": {"max_steps": -1}}}},
         raise_on_error=False,
     )
 
     assert not result.success
-    assert materialized_in(result) == {"raw_dataset", "formatted_splits"}
+    assert materialized_in(result) == {"raw_dataset", "benchmark_questions", "formatted_splits"}
     errors = step_errors(instance, result.run_id)
     assert any("max_steps" in error and "greater than or equal to 1" in error for error in errors), errors
     adapters = tmp_path / "artifacts" / "lora_adapter"
@@ -359,7 +359,7 @@ def crash_and_rerun(tiny_llama_dir, tmp_path_factory):
     # An earlier good version, trained with other settings (so other checkpoints): the crash must not touch it.
     good_training = {**CRASH_TRAINING, "max_steps": 1, "save_steps": 1}
     good = load_defs(write_profile(home / "good.yaml", tiny_profile(tiny_llama_dir, artifacts, lora_adapter=good_training)))
-    first = materialize(good, instance, ["raw_dataset", "formatted_splits", "lora_adapter"])
+    first = materialize(good, instance, ["raw_dataset", "benchmark_questions", "formatted_splits", "lora_adapter"])
     assert first.success, step_errors(instance, first.run_id)
     good_dir = artifacts / "lora_adapter" / first.run_id
     state = {"instance": instance, "home": home, "artifacts": artifacts, "good_run": first.run_id, "good_dir": good_dir,
@@ -437,12 +437,12 @@ def test_a_checkpoint_with_an_empty_trainer_state_is_skipped(tmp_path):
     """A checkpoint whose trainer_state.json was created but never written is not 'complete'; the one before it is."""
     import logging
 
-    from medcot_pipeline.training import run
+    from medcot_pipeline.checkpoints import newest_complete_checkpoint
 
     for step, state in ((2, json.dumps({"global_step": 2})), (4, "")):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    assert run.last_complete_checkpoint(tmp_path, logging.getLogger("medcot-tests.faults")) == str(tmp_path / "checkpoint-2")
+    assert newest_complete_checkpoint(tmp_path, logging.getLogger("medcot-tests.faults")) == tmp_path / "checkpoint-2"
 
 
 # ---------------------------------------------------------------- secrets

@@ -45,7 +45,7 @@ def test_a_second_run_waits_for_the_gpu_step_of_the_first(tiny_llama_dir, tmp_pa
         write_profile(tmp_path / f"lr{n}.yaml", tiny_profile(tiny_llama_dir, artifacts, lora_adapter={**POOL_TRAINING, "learning_rate": lr}))
         for n, lr in ((1, 1e-3), (2, 2e-3))
     ]
-    prepared = materialize(load_defs(profiles[0]), instance, ["raw_dataset", "formatted_splits"])
+    prepared = materialize(load_defs(profiles[0]), instance, ["raw_dataset", "benchmark_questions", "formatted_splits"])
     assert prepared.success, step_errors(instance, prepared.run_id)
 
     log = tmp_path / "cli.log"

@@ -9,6 +9,7 @@ import pytest
 import wandb
 from safetensors.torch import load_file
 
+from medcot_pipeline import backends
 from medcot_pipeline.contracts import TrainingSummary
 from medcot_pipeline.evaluation.generation import GeneratedAnswer, GenerationRun
 from medcot_pipeline.settings import TrainingSettings
@@ -66,6 +67,25 @@ def test_checkpoints_must_fall_on_graded_steps():
     TrainingSettings(eval_steps=6, save_steps=4, grade_questions=0)
     TrainingSettings(eval_steps=6, save_steps=12)
     TrainingSettings(eval_steps=None, save_steps=4)
+
+
+@pytest.mark.parametrize("backend, mode_while_answering", [(backends.TRANSFORMERS, "eval"), (backends.UNSLOTH, "train")])
+def test_grading_switches_train_mode_unless_the_backend_generate_does(backend, mode_while_answering):
+    """transformers + PEFT answers in eval mode (no dropout) and trains on afterwards; Unsloth's generate switches
+    the mode itself, so grading leaves it alone (its inference patches would survive a bare model.train())."""
+    import torch
+
+    seen = []
+
+    def record_mode(model, tokenizer, questions, config, **kwargs):
+        seen.append("train" if model.training else "eval")
+        return GenerationRun(answers=[answer(tagged("r")) for _ in questions], wall_seconds=0.1, total_new_tokens=10)
+
+    questions = pd.DataFrame({"question": ["q"], "response": ["r"]})
+    callback = grading.GradingCallback(None, questions, grading.generation_settings(TrainingSettings()), backend=backend, answer=record_mode)
+    model = torch.nn.Linear(2, 2).train()
+    assert len(callback._answer(model, None, ["q"])) == 1
+    assert seen == [mode_while_answering] and model.training
 
 
 class ScriptedAnswers:
@@ -148,7 +168,7 @@ def test_real_answers_are_graded_at_each_evaluation_and_reach_dagster(tiny_llama
     summary = TrainingSummary.read(tmp_path / "adapter")
     assert [row["step"] for row in summary.graded_steps] == [1, 2]
     for row in summary.graded_steps:
-        assert set(row) == {"step", "eval_loss", "format_compliance", "rouge_l_response", "truncation_rate", "grade"}
+        assert set(row) == {"step", "eval_loss", "format_compliance", "rouge_l_response", "truncation_rate", "grade", "grading_seconds"}
         assert 0.0 <= row["format_compliance"] <= 1.0 and 0.0 <= row["rouge_l_response"] <= 1.0
     # The kept step is the best grade, the earlier one on a tie (the Trainer needs a strictly better grade).
     best = max(summary.graded_steps, key=lambda row: (row["grade"], -row["step"]))
@@ -239,6 +259,18 @@ def test_the_merged_copy_answers_as_the_model_being_trained(tiny_llama_dir):
         built = built or copy.copy
         assert copy.copy is built  # refreshed in place, never rebuilt: a compiled decode step stays valid
     assert not grading.MergedCopy.supports(model.get_base_model().model.embed_tokens)  # no LoRA layer in it
+
+
+@pytest.mark.parametrize("backend, kv_cache", [(backends.TRANSFORMERS, "static"), (backends.UNSLOTH, "dynamic")])
+def test_the_merged_copy_keeps_a_static_cache_unless_the_backend_patches_every_model(backend, kv_cache, monkeypatch):
+    """Unsloth's patches reach the plain copy's forward too, and it decodes with its own cache: no static cache then."""
+    from medcot_pipeline.settings import GenerationSettings
+
+    copy, seen = grading.MergedCopy(backend=backend), []
+    monkeypatch.setattr(copy, "_answer_with_copy", lambda model, tokenizer, questions, config, **kw: seen.append(config.kv_cache) or "answered")
+    config = GenerationSettings(batch_size=1, max_new_tokens=4, continuation_tokens=0, kv_cache="static")
+    assert copy(None, None, ["q"], config) == "answered"
+    assert seen == [kv_cache]
 
 
 def test_a_copy_that_cannot_answer_hands_back_to_the_training_model(tiny_llama_dir, caplog):

@@ -179,7 +179,7 @@ def test_cli_refuses_an_out_of_range_value_at_launch_naming_file_and_key(tmp_pat
     """`-c` alone with validation_size: -3: fails at launch with one line naming the file, key and value; raw_dataset
     (which the value does not concern) never runs."""
     config = run_config_file(tmp_path, ops={"formatted_splits": {"config": {"validation_size": -3}}})
-    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits", "-c", str(config))
+    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,benchmark_questions,formatted_splits", "-c", str(config))
 
     assert result.returncode != 0
     assert last_line(result) == (
@@ -198,7 +198,7 @@ def test_config_json_secret_is_refused_before_the_run_is_stored(tmp_path, home):
         "ops": {"raw_dataset": {"config": {"source": "sample"}}},
         "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}, "wandb": {"config": {"api_key": WANDB_KEY}}},
     }
-    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits",
+    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,benchmark_questions,formatted_splits",
                          "--config-json", json.dumps(config))
 
     assert result.returncode != 0
@@ -219,7 +219,7 @@ def test_config_json_with_bad_values_fails_before_the_first_step(tmp_path, home)
         "ops": {"raw_dataset": {"config": {"source": "sample"}}, "formatted_splits": {"config": {"validation_size": -3}}},
         "resources": {"artifacts": {"config": {"root": str(tmp_path / "artifacts")}}},
     }
-    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,formatted_splits",
+    result = dagster_cli(home, "asset", "materialize", "-m", "medcot_pipeline.definitions", "--select", "raw_dataset,benchmark_questions,formatted_splits",
                          "--config-json", json.dumps(config))
 
     run, line = failed_run_and_error(home, result)
@@ -343,7 +343,7 @@ def test_launchpad_run_with_a_bad_value_fails_before_any_step(launchpad):
         "ops": {"raw_dataset": {"config": {"source": "sample"}}, "formatted_splits": {"config": {"validation_size": -3}}},
         "resources": {"artifacts": {"config": {"root": str(launchpad["artifacts"])}}},
     }
-    outcome = launch(launchpad, ["raw_dataset", "formatted_splits"], run_config)
+    outcome = launch(launchpad, ["raw_dataset", "benchmark_questions", "formatted_splits"], run_config)
     assert outcome["__typename"] == "LaunchRunSuccess", outcome
     run_id = outcome["run"]["runId"]
 

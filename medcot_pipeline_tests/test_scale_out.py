@@ -161,7 +161,7 @@ def kills_on_s3(s3_server, tiny_llama_dir, tmp_path_factory):
         instance = dg.DagsterInstance.local_temp(str(home))
         defs = load_defs(profile)
         started = time.monotonic()
-        splits = materialize(defs, instance, ["raw_dataset", "formatted_splits"])
+        splits = materialize(defs, instance, ["raw_dataset", "benchmark_questions", "formatted_splits"])
         assert splits.success, step_errors(instance, splits.run_id)
         state["timings"]["splits"] = time.monotonic() - started
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from medcot_pipeline.chat_format import build_target
+from medcot_pipeline.checkpoints import newest_complete_checkpoint
 from medcot_pipeline.contracts import BaseModelRef, ContractError, DatasetProvenance, TrainingJob, TrainingSummary, WandbTarget
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training import run
@@ -127,10 +128,10 @@ def test_train_saves_the_adapter_with_losses_and_an_offline_wandb_run(first_run)
 def test_prompt_tokens_are_masked_and_the_assistant_turn_is_trained(tiny_llama_dir, splits, tmp_path):
     from medcot_pipeline import backends
     from medcot_pipeline.data.schema import read_split
-    from medcot_pipeline.training.recipe import build_trainer
+    from medcot_pipeline.training.sft_trainer import build_trainer
 
     config = TrainingSettings(backend="transformers", lora_r=4, per_device_train_batch_size=2)
-    model, tokenizer = backends.load_for_training("transformers", str(tiny_llama_dir), config, 2048)
+    model, tokenizer = backends.TRANSFORMERS.load_for_training(str(tiny_llama_dir), config, 2048)
     assert tokenizer.padding_side == "right"
     train = read_split(splits, "train", ("question", "target"))
     trainer = build_trainer(model, tokenizer, config, 2048, train, None, str(tmp_path))
@@ -178,15 +179,37 @@ def test_a_rerun_resumes_from_the_last_complete_checkpoint(first_run, tmp_path):
 
 
 def test_an_interrupted_checkpoint_is_skipped(tmp_path):
-    for step, complete in ((2, True), (4, True), (6, False)):
+    for step, state in ((2, "{}"), (4, "{}"), (5, '{"global_step": 5, "log_hi'), (6, None)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
     log, lines = recording_logger("skip")
-    assert run.last_complete_checkpoint(tmp_path, log) == str(tmp_path / "checkpoint-4")
-    assert any("checkpoint-6" in line for line in lines.lines)
-    assert run.last_complete_checkpoint(tmp_path / "missing", log) is None
+    assert newest_complete_checkpoint(tmp_path, log) == tmp_path / "checkpoint-4"
+    assert any("checkpoint-6 has no trainer_state.json" in line for line in lines.lines)
+    assert any("checkpoint-5/trainer_state.json is unreadable" in line for line in lines.lines)
+    assert newest_complete_checkpoint(tmp_path / "missing", log) is None
+
+
+def test_the_wandb_run_is_closed_failed_when_a_phase_fails_and_finished_when_saved(tiny_llama_dir, splits, tmp_path, monkeypatch):
+    import wandb
+
+    from medcot_pipeline.base_models import BaseModelError
+
+    finished, finish = [], wandb.Run.finish
+
+    def recording_finish(self, *args, exit_code=None, **kwargs):
+        finished.append(exit_code)
+        return finish(self, *args, exit_code=exit_code, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "finish", recording_finish)
+    log, _ = recording_logger("cleanup")
+    # setup() opens the W&B run, then fails loading the model: cleanup() still closes the run, as failed.
+    with pytest.raises(BaseModelError, match="does not exist"):
+        run.train(make_job(tmp_path / "no-such-model", splits, tmp_path / "failed", wandb=True, max_steps=1), log)
+    assert finished == [1]
+    run.train(make_job(tiny_llama_dir, splits, tmp_path / "saved", wandb=True, max_steps=1, save_steps=1), log)
+    assert finished == [1, 0]
 
 
 def test_extras_missing_a_key_name_it(tiny_llama_dir, splits, tmp_path):

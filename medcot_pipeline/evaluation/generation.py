@@ -10,7 +10,6 @@ from typing import Callable, Optional
 import torch
 
 from medcot_pipeline import backends
-from medcot_pipeline.backends import hf_peft
 from medcot_pipeline.evaluation import grouped_attention
 from medcot_pipeline.base_models import BaseModelError, load_tokenizer
 from medcot_pipeline.chat_format import RESPONSE_CLOSE, has_chat_template, render_prompt
@@ -81,12 +80,7 @@ def load_for_inference(
 
     try:
         chosen = backends.resolve_backend(backend, "inference")
-        if chosen == "unsloth":
-            from medcot_pipeline.backends.unsloth_lora import model_for_inference
-
-            model = model_for_inference(model_ref, adapter_dir, torch_dtype)
-        else:
-            model = hf_peft.model_for_inference(model_ref, adapter_dir, torch_dtype, torch_device, attention)
+        model = chosen.load_for_inference(model_ref, adapter_dir, torch_dtype=torch_dtype, device=torch_device, attention=attention)
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelLoadError):
             raise

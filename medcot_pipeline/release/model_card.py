@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from medcot_pipeline.backends import backend_named
 from medcot_pipeline.base_models import EMBEDDED_HUB_IDS, base_model_license
 from medcot_pipeline.contracts import (
     BenchmarkReport,
@@ -35,7 +36,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # PEFT's weights file: its size is the adapter's download.
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-# Tags every release carries; the training stack's own ("unsloth") only when it trained the model.
+# Tags every release carries; the training stack's own (the backend's card_tags: "unsloth") only when it trained.
 TAGS = ["medical", "reasoning", "chain-of-thought", "lora", "trl", "text-generation"]
 
 NOT_A_MEDICAL_DEVICE = (
@@ -121,7 +122,7 @@ class ReleaseFacts:
 
     @property
     def tags(self) -> list[str]:
-        return TAGS + (["unsloth"] if self.training.backend == "unsloth" else [])
+        return TAGS + list(backend_named(self.training.backend).card_tags)
 
     @property
     def base_model(self) -> str:
@@ -580,7 +581,7 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         dataset_config=facts.dataset_config or "default",
         dataset_revision=facts.dataset_revision or "not recorded",
         quantization=f"{summary.base_weights} base weights",
-        stack="Unsloth and TRL" if summary.backend == "unsloth" else "TRL and PEFT",
+        stack=backend_named(summary.backend).card_stack,
         answered_by="the base model and by this model" if report.base is not None else "this model",
         decoding=_decoding(report),
         not_a_medical_device=NOT_A_MEDICAL_DEVICE,

@@ -9,7 +9,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from medcot_pipeline.artifact_store import CheckpointMirror
 from medcot_pipeline.contracts import TrainingJob
-from medcot_pipeline.training import distributed
+from medcot_pipeline.data_parallel import is_main_process
 
 
 class CheckpointUpload(TrainerCallback):
@@ -27,6 +27,6 @@ class CheckpointUpload(TrainerCallback):
 
 def callbacks(job: TrainingJob, log) -> list[TrainerCallback]:
     """The upload callback when the job's artifacts root is object storage (rank 0 only writes), else none."""
-    if not job.checkpoint_location or not distributed.is_main_process():
+    if not job.checkpoint_location or not is_main_process():
         return []
     return [CheckpointUpload(CheckpointMirror(job.checkpoint_location, job.checkpoint_dir), job.settings.save_total_limit, log)]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import pandas as pd
 from transformers import TrainerCallback
 
+from medcot_pipeline.backends import TRANSFORMERS, Backend
 from medcot_pipeline.data.schema import require_columns
 from medcot_pipeline.evaluation.generation import GeneratedAnswer, generate_answers
 from medcot_pipeline.evaluation.metrics import format_compliance, graded_response, rouge_l_f1, truncation_rate
@@ -115,7 +116,7 @@ class MergedCopy:
     `supports` is False and the training model answers as before. It costs one more copy of the weights in memory.
     """
 
-    def __init__(self, log: logging.Logger | None = None, backend: str = "transformers"):
+    def __init__(self, log: logging.Logger | None = None, backend: Backend = TRANSFORMERS):
         self.log = log or logger
         self.backend = backend
         self.copy = None
@@ -130,7 +131,7 @@ class MergedCopy:
         return bool(layers) and all(type(m.get_base_layer().weight).__name__ == "Parameter" for m in layers)
 
     def __call__(self, model, tokenizer, questions: list[str], config: GenerationSettings, **kwargs):
-        if self.backend == "unsloth":
+        if self.backend.patches_every_model:
             # Unsloth patches every Llama's forward in this process, the copy's too: it decodes with its own cache.
             config = config.model_copy(update={"kv_cache": "dynamic"})
         if self.failed is None:
@@ -207,9 +208,9 @@ class GradingCallback(TrainerCallback):
     """Answers `questions` with the model being trained at every evaluation and adds the grades to the metrics.
 
     `answer` is how the questions are answered (default generate_answers; a test passes scripted answers).
-    `backend` matters for one thing: Unsloth's generate switches its model to inference mode and back by
-    itself, and a bare `model.train()` afterwards would not undo its inference patches, so the model's mode is
-    left to it; with transformers + PEFT the model is put in eval mode (no dropout) and back.
+    `backend` matters for one thing: where its generate switches the model to inference mode and back by
+    itself (Unsloth, whose inference patches a bare `model.train()` afterwards would not undo), the mode is
+    left to it; otherwise (transformers + PEFT) the model is put in eval mode (no dropout) and back.
     """
 
     def __init__(
@@ -219,7 +220,7 @@ class GradingCallback(TrainerCallback):
         generation: GenerationSettings,
         *,
         max_prompt_tokens: int | None = None,
-        backend: str = "transformers",
+        backend: Backend = TRANSFORMERS,
         answer: AnswerQuestions | None = None,
         log: logging.Logger | None = None,
     ):
@@ -268,7 +269,7 @@ class GradingCallback(TrainerCallback):
     def _answer(self, model, tokenizer, questions: list[str]) -> list[GeneratedAnswer]:
         if not questions:  # more ranks than questions
             return []
-        manage_mode = self.backend != "unsloth"
+        manage_mode = not self.backend.generate_manages_train_mode
         was_training = model.training
         if manage_mode:
             model.eval()

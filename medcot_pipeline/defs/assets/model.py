@@ -24,6 +24,7 @@ def lora_adapter(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.Output[str]:
     """LoRA adapter trained with TRL's SFTTrainer (Unsloth on one CUDA GPU, transformers + PEFT elsewhere)."""
+    from medcot_pipeline import data_parallel
     from medcot_pipeline.training import distributed
     from medcot_pipeline.training import run as training_process
 
@@ -31,8 +32,8 @@ def lora_adapter(
     rows = config.per_device_train_batch_size * config.gradient_accumulation_steps
     processes = distributed.resolve_num_processes(config.num_gpus, rows)
     try:
-        split = distributed.split_global_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, processes)
-    except distributed.BatchSplitError as err:
+        split = data_parallel.split_global_batch(config.per_device_train_batch_size, config.gradient_accumulation_steps, processes)
+    except data_parallel.BatchSplitError as err:
         raise dg.Failure(f"lora_adapter: {err}") from err
     if config.num_gpus == 0 and processes < distributed.visible_gpus():
         context.log.warning(
