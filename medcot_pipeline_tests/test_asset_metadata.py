@@ -175,8 +175,8 @@ def test_the_lora_adapter_page_fits_and_charts_only_what_changes():
     assert "| processes | 1 |" in page["training"].text and "| steps | 12 |" in page["training"].text
     numbers = {key for key, value in page.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     assert "processes" not in numbers and numbers <= {
-        "train_loss_final", "eval_loss_final", "global_step", "kept_step", "kept_format_compliance",
-        "kept_rouge_l_response", "tokens_per_second", "training_seconds"}
+        "train_loss_final", "eval_loss_final", "global_step", "kept_step", "kept_compliance",
+        "kept_rouge_l", "tokens_per_second", "training_seconds"}
     # The curve shows inline, full width, its evaluation labelled with its grade.
     curve = page["loss_curve"].text
     assert len(curve) < INLINE_LIMIT and curve.startswith("![loss per step](<data:image/svg+xml,")

@@ -123,17 +123,26 @@ PATH_ROWS = ["path", "artifact", "checkpoint_dir", "resumed_from"]
 
 
 def _metadata_fits(page) -> None:
-    """The page's metadata table fits its pane, paths aside: no column pushed past the edge and cut mid-word."""
-    table, pane = page.locator("table").first.evaluate(
+    """The page's metadata table fits its pane, paths aside: no column pushed past the edge and cut mid-word.
+    On failure, it names the rows that are too wide on their own."""
+    table, pane, widths = page.locator("table").first.evaluate(
         """(table, paths) => {
-            table.querySelectorAll(':scope > tbody > tr').forEach(row => {
-                if (paths.includes(row.querySelector('td').innerText.trim())) row.style.display = 'none';
+            const rows = Array.from(table.querySelectorAll(':scope > tbody > tr'));
+            const key = row => row.querySelector('td').innerText.trim();
+            const shown = rows.filter(row => !paths.includes(key(row)));
+            rows.forEach(row => { if (!shown.includes(row)) row.style.display = 'none'; });
+            const width = table.scrollWidth;
+            const each = shown.map((row, i) => {
+                shown.forEach((other, j) => { other.style.display = i === j ? '' : 'none'; });
+                return [key(row), table.scrollWidth];
             });
-            return [table.scrollWidth, table.parentElement.clientWidth];
+            shown.forEach(row => { row.style.display = ''; });
+            return [width, table.parentElement.clientWidth, each];
         }""",
         PATH_ROWS,
     )
-    assert table <= pane, f"the metadata table is {table} px in a {pane} px pane"
+    wide = [(key, width) for key, width in widths if width > pane]
+    assert table <= pane, f"the metadata table is {table} px in a {pane} px pane; too wide on their own: {wide}"
 
 
 def _expected(artifacts: Path) -> dict:

@@ -47,9 +47,18 @@ def comparison_table(report: EvaluationReport) -> Table:
     text, which wraps in the page's narrow value column where a markdown table would run off its edge."""
     from medcot_pipeline.evaluation.scores import comparison_rows
 
-    # Which way is better goes into the metric's cell: one column fewer, so the table fits the page's pane.
-    rows = [{"metric": f"{row['metric']} ({row['better']} is better)", **{k: v for k, v in row.items() if k not in ("metric", "better")}}
-            for row in comparison_rows(report)]
+    # Three columns, each of words that wrap: a table's every column costs its padding and its widest word, and
+    # six of them (metric, better, base, fine-tuned, change, verdict) would push the page past its pane.
+    rows = []
+    for row in comparison_rows(report):
+        change = row.get("change (95% interval)", "")
+        verdict = row.get("verdict", "")
+        rows.append({
+            # "<think>/<response>" is one unbreakable word, as wide as a column: spaced, it wraps.
+            "metric": f"{row['metric'].replace('`/`', '` / `')} ({row['better']} is better)",
+            "base → fine-tuned": f"{row['base']} → {row['fine-tuned']}",
+            "change (95% interval)": f"{change}: {verdict}" if change and verdict else change or verdict,
+        })
     return text_table(rows)
 
 

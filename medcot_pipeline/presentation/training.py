@@ -181,8 +181,9 @@ def lora_adapter_page(summary: TrainingSummary, loss_curve_png: Optional[Path] =
         "eval_loss_final": rounded(summary.eval_loss_final),
         "global_step": summary.global_step,
         "kept_step": summary.kept_step,
-        "kept_format_compliance": rounded(kept.get("format_compliance")),
-        "kept_rouge_l_response": rounded(kept.get("rouge_l_response")),
+        # Short keys: the longest key sets the width of the page's key column, and with it how much the values get.
+        "kept_compliance": rounded(kept.get("format_compliance")),
+        "kept_rouge_l": rounded(kept.get("rouge_l_response")),
         "tokens_per_second": rounded(summary.tokens_per_second),
         "training_seconds": rounded(summary.training_seconds),
         "peak_gpu_memory_gib": rounded(summary.peak_gpu_memory_gib),
