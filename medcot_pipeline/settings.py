@@ -236,7 +236,10 @@ class ReleaseSettings(Settings):
     adapter: Literal["subfolder", "separate_repo", "none"] = Field(
         default="subfolder", description="Where the LoRA adapter goes: `adapter/` in the model repo, `<repo_id>-lora`, or nowhere."
     )
-    license: str = "llama3.2"
+    license: str | None = Field(
+        default=None,
+        description="The release's license; unset: the base model's, read from its model card (or medcot's table of known base models).",
+    )
     commit_message: str = "medcot release"
 
 

@@ -68,4 +68,6 @@ def tiny_llama_dir(smollm2_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # A model card, as a Hub checkpoint has: a release of a model trained from it reads its license here.
+    (out / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny Llama\n\nRandom weights, SmolLM2's tokenizer.\n")
     return out

@@ -1,4 +1,6 @@
-"""The `medcot ask` command: fast help and argument errors, the text once (streamed or in --json), --model latest."""
+"""The `medcot` command: fast help and argument errors, the text once (streamed or in --json), --model latest, two
+sections on a terminal, `chat` with the model loaded once (through a pipe and a pseudo-terminal), a missing device
+in one line."""
 
 import importlib.util
 import json
@@ -161,3 +163,97 @@ def test_ask_latest_answers_with_the_newest_merged_model(tiny_llama_dir, tmp_pat
                  "--continuation-tokens", "0", "--json", "--attention", "sdpa"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == str(model)
     assert loaded == [{"device": "cpu", "attention": "sdpa"}]
+
+
+def test_on_a_terminal_the_reasoning_and_the_answer_are_two_sections():
+    """The writer `ask` and `chat` use on a terminal, fed the way a streamer feeds it (tags split across chunks)."""
+    import io
+
+    from medcot_pipeline.presentation.terminal import BOLD, FAINT, REVERSE, TaggedAnswerWriter
+
+    def written(text: str, color: bool, chunk: int = 3) -> str:
+        out = io.StringIO()
+        writer = TaggedAnswerWriter(out, color=color)
+        for start in range(0, len(text), chunk):
+            writer.feed(text[start:start + chunk])
+        writer.finish()
+        return out.getvalue()
+
+    tagged = "<think>K+ shifts the resting potential.</think><response>Hyperkalaemia</response>"
+    assert written(tagged, color=False) == "Reasoning\nK+ shifts the resting potential.\n\nAnswer\nHyperkalaemia\n"
+    colored = written(tagged, color=True)
+    assert f"{FAINT}K+ shifts" in colored and f"{BOLD}Hyperkalaemia" in colored and "<think>" not in colored
+    # A tag out of order is shown as written and marked: a malformed answer does not look clean.
+    assert written("<think><think>loop</think><response>x", color=False) == "Reasoning\n[<think>]loop\n\nAnswer\nx\n"
+    assert f"{REVERSE}<think>" in written("<think><think>loop", color=True)
+    assert written("An answer without tags < 5 mg", color=False) == "An answer without tags < 5 mg\n"
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medcot_pipeline.cli", *args]
+
+
+def test_chat_loads_the_model_once_and_answers_each_line_of_a_pipe(tiny_llama_dir):
+    command = cli("chat", "--model", str(tiny_llama_dir), "--device", "cpu", "--max-new-tokens", "4",
+                  "--continuation-tokens", "0", "--json")
+    done = subprocess.run(command, input="First question?\n\n   \nSecond question?\n/exit\nNever asked?\n",
+                          capture_output=True, text=True, timeout=600, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["question"] for a in answers] == ["First question?", "Second question?"]  # blank lines skipped, /exit left
+    assert done.stderr.count("medcot: loading ") == 1 and done.stderr.count(" tokens/s") == 2
+    assert "Traceback" not in done.stderr
+
+
+def test_chat_on_a_terminal_prompts_answers_and_leaves(tiny_llama_dir):
+    """Through a real pseudo-terminal: the prompt, an answer, the prompt again, /exit."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI, its stdin, stdout and stderr on the terminal
+        os.execv(sys.executable, cli("chat", "--model", str(tiny_llama_dir), "--device", "cpu", "--max-new-tokens", "4",
+                                     "--continuation-tokens", "0"))
+    seen = b""
+
+    def read_until(marker: bytes, count: int, timeout: float = 300) -> None:
+        nonlocal seen
+        deadline = time.time() + timeout
+        while seen.count(marker) < count:
+            if time.time() > deadline:
+                raise AssertionError(f"no {marker!r} after {timeout} s; the terminal showed:\n{seen.decode(errors='replace')}")
+            ready, _, _ = select.select([fd], [], [], 1)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"question> ", 1)
+        os.write(fd, b"Which drug treats strep throat?\n")
+        read_until(b"question> ", 2)
+        os.write(fd, b"/exit\n")
+        read_until(b"\x00", 1, timeout=60)  # never written: read until the child has closed the terminal
+    except AssertionError:
+        if b"question> " not in seen:
+            raise
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "ask a question and press Enter; /exit leaves" in text
+    assert text.count("medcot: loading ") == 1 and " tokens/s" in text and "Traceback" not in text
+
+
+def test_a_cuda_device_without_cuda_is_one_line(tiny_llama_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["ask", QUESTION, "--model", str(tiny_llama_dir), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("medcot: error: --device cuda: CUDA is not available here (torch ")
+    assert err.splitlines()[-1].endswith("; use --device cpu") and "Traceback" not in err
+    assert main(["ask", QUESTION, "--model", str(tiny_llama_dir), "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "medcot: error: --device gpu0: not a device torch knows; use cpu, cuda or cuda:N"

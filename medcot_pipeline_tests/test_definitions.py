@@ -41,7 +41,9 @@ def describe(defs: dg.Definitions) -> dict:
         "checks": dict(sorted(checks.items())),
         "jobs": sorted(job.name for job in defs.jobs or []),
         "schedules": {s.name: {"cron": s.cron_schedule, "job": s.job_name, "default_status": s.default_status.value} for s in defs.schedules or []},
-        "sensors": {s.name: {"jobs": sorted(j.name for j in s.jobs), "default_status": s.default_status.value} for s in defs.sensors or []},
+        # A sensor that only reports asset events (settings_changes) targets no job.
+        "sensors": {s.name: {"jobs": sorted(j.name for j in s.jobs) if s.has_jobs else [], "default_status": s.default_status.value}
+                    for s in defs.sensors or []},
     }
 
 

@@ -183,8 +183,8 @@ def test_real_answers_are_graded_at_each_evaluation_and_reach_dagster(tiny_llama
     assert [(r["step"], r["kept"]) for r in rows] == [(s, s == best["step"]) for s in (1, 2)]
     assert all(r["eval_loss"] > 0 and r["format_compliance"] is not None for r in rows)
     assert metadata["kept_step"].value == best["step"]
-    assert metadata["kept_rouge_l_response"].value == pytest.approx(best["rouge_l_response"], rel=1e-3)
-    assert metadata["kept_format_compliance"].value == pytest.approx(best["format_compliance"], rel=1e-3)
+    assert metadata["kept_rouge_l"].value == pytest.approx(best["rouge_l_response"], rel=1e-3)
+    assert metadata["kept_compliance"].value == pytest.approx(best["format_compliance"], rel=1e-3)
     assert "| graded questions | 2 |" in metadata["training"].value
     assert "| checkpoint kept by | grade: format compliance, then ROUGE-L (response), on 2 validation questions |" in metadata["training"].value
 

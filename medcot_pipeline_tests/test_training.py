@@ -265,12 +265,12 @@ def test_training_runs_as_a_pipes_subprocess(tiny_llama_dir, splits, tmp_path):
     metadata = materialization.metadata
     assert metadata["train_loss_final"].value > 0
     assert metadata["eval_loss_final"].value > 0
-    assert metadata["backend"].value == "transformers"
+    assert "| backend | transformers |" in metadata["training"].value
     assert [record.data["step"] for record in metadata["loss_per_step"].value.records] == [1]
     # The curve shows inline (Dagster inlines markdown under 1,000 characters); the PNG is a click away.
-    assert metadata["loss_curve"].value.count("data:image/svg+xml;base64,") == 1 and len(metadata["loss_curve"].value) < 1000
+    assert metadata["loss_curve"].value.count("data:image/svg+xml,") == 1 and len(metadata["loss_curve"].value) < 1000
     assert "data:image/png;base64," in metadata["loss_curve_png"].value
-    assert metadata["peak_gpu_memory_gib"].value is None
+    assert "peak_gpu_memory_gib" not in metadata  # no GPU: left out, not charted as a null
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any(message.startswith("step 1/1: loss") for message in logged)  # forwarded through pipes.log

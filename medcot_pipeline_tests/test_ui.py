@@ -1,6 +1,7 @@
-"""The UI as a person uses it: a pipeline run as scripts/run-pipeline.sh makes it, then dagster dev in headless
-Chromium: the run filed under its job with the profile's tags, the asset pages (tags shown, answers beside the
-reference, the loss curve inline, the switched-off gate said so), the asset graph and a launch from the page."""
+"""The UI as a person uses it: a pipeline run as scripts/run-pipeline.sh makes it (its terminal quiet), then dagster
+dev in headless Chromium: the run filed under its job with the profile's tags, the asset pages (tags shown, the
+loss curve inline and drawn, rouge_report and hub_release opening with the gate's verdict, every answer beside the
+reference, the card's facts), the asset graph and a launch from the page."""
 
 import hashlib
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from medcot_pipeline.presentation.charts import CHART_WIDTH
 from medcot_pipeline_tests.conftest import REPO_ROOT
 from medcot_pipeline_tests.pipeline_harness import ASSETS, tiny_profile, write_profile
 
@@ -26,7 +28,9 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"),
 ]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-EDGES = 8  # raw->formatted, formatted->{adapter, report}, adapter->{merged, release}, merged->{report, release}, report->release
+# raw->formatted, benchmark_questions->{formatted, benchmark_report}, formatted->{adapter, report, release},
+# adapter->{merged, release}, merged->{report, benchmark_report, release}, {report, benchmark_report}->release
+EDGES = 13
 # The code location as pyproject.toml's [tool.dagster] names it: what `dagster dev`, `dagster job launch` and the
 # daemon load when given no target, so a run launched by run-pipeline.sh is filed under this location's job.
 LOCATION = "medcot_pipeline"
@@ -71,6 +75,16 @@ def pipeline_run(tmp_path, smollm2_dir):
     text = log.read_text()
     assert done.returncode == 0, f"run-pipeline.sh failed; see {log}"
     run_id = re.search(r"medcot: run (\S+) ended: SUCCESS", text)[1]
+    # A quiet terminal: the run's progress one line an event; Dagster's DEBUG events, the trainer's raw dicts, W&B's
+    # banner and progress bars are in the files it names at the end.
+    for noise in (" DEBUG ", "STEP_START", "{'loss'", "wandb:", "it/s]", "Traceback"):
+        assert noise not in text, f"{noise!r} reached the terminal; see {log}"
+    assert re.search(r"\n\d\d:\d\d:\d\d  lora_adapter +step 1/1: loss \d", text), text
+    # This profile turns the gate off: a warning that blocks nothing, never a passed check.
+    assert re.search(r"\n\d\d:\d\d:\d\d  lora_adapter +done in ", text) and "check release_gate: FAILED (warn)" in text
+    assert re.search(r"rouge_report +release gate DISABLED: ", text)
+    events = Path(re.search(r"every event of the run: (\S+\.log)", text)[1])
+    assert " - DEBUG - lora_adapter - STEP_START - " in events.read_text()
     return {"home": home, "profile": profile, "artifacts": artifacts, "run_id": run_id, "env": env, "tmp_path": tmp_path}
 
 
@@ -103,17 +117,42 @@ def _open(page, url: str) -> None:
         skip.click()
 
 
-def _expected_answers(artifacts: Path) -> dict:
-    """What the rouge_report page must show for question 1, from the run's own samples.jsonl."""
-    from medcot_pipeline.defs.metadata import _answer_text, read_samples, shorten
+# Dagster writes a path on one line whatever its length: this test's temporary directories (over 100 characters)
+# widen any page, the demo's relative `artifacts/<asset>/<run id>/...` paths do not (measured in Chromium).
+PATH_ROWS = ["path", "artifact", "checkpoint_dir", "resumed_from"]
+
+
+def _metadata_fits(page) -> None:
+    """The page's metadata table fits its pane, paths aside: no column pushed past the edge and cut mid-word.
+    On failure, it names the rows that are too wide on their own."""
+    table, pane, widths = page.locator("table").first.evaluate(
+        """(table, paths) => {
+            const rows = Array.from(table.querySelectorAll(':scope > tbody > tr'));
+            const key = row => row.querySelector('td').innerText.trim();
+            const shown = rows.filter(row => !paths.includes(key(row)));
+            rows.forEach(row => { if (!shown.includes(row)) row.style.display = 'none'; });
+            const width = table.scrollWidth;
+            const each = shown.map((row, i) => {
+                shown.forEach((other, j) => { other.style.display = i === j ? '' : 'none'; });
+                return [key(row), table.scrollWidth];
+            });
+            shown.forEach(row => { row.style.display = ''; });
+            return [width, table.parentElement.clientWidth, each];
+        }""",
+        PATH_ROWS,
+    )
+    wide = [(key, width) for key, width in widths if width > pane]
+    assert table <= pane, f"the metadata table is {table} px in a {pane} px pane; too wide on their own: {wide}"
+
+
+def _expected(artifacts: Path) -> dict:
+    """What the pages must show, from the run's own artifacts: every answer row, the card's facts."""
+    from medcot_pipeline.presentation.answers import answers_table
+    from medcot_pipeline.presentation.text import size_text
 
     [samples] = list(artifacts.glob("rouge_report/*/samples.jsonl"))
-    models = read_samples(samples)[0]
-    return {
-        "reference": shorten(models["fine_tuned"]["reference"], 240),
-        "base": shorten(_answer_text(models["base"]), 240),
-        "fine_tuned": shorten(_answer_text(models["fine_tuned"]), 240),
-    }
+    [weights] = list(artifacts.glob("lora_adapter/*/adapter/adapter_model.safetensors"))
+    return {"rows": answers_table(samples).records, "adapter_size": size_text(weights.stat().st_size)}
 
 
 def test_the_run_and_its_pages_in_the_ui(dagster_dev):
@@ -124,7 +163,7 @@ def test_the_run_and_its_pages_in_the_ui(dagster_dev):
     tmp_path, profile = run["tmp_path"], run["profile"]
     profile_tag = f"medcot/profile: {profile.name}"
     sha_tag = f"medcot/profile_sha: {hashlib.sha256(profile.read_bytes()).hexdigest()[:12]}"
-    expected = _expected_answers(run["artifacts"])
+    expected = _expected(run["artifacts"])
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
@@ -151,30 +190,52 @@ def test_the_run_and_its_pages_in_the_ui(dagster_dev):
         expect(page.locator("td").filter(has_text=re.compile(r"^<think>")).first).to_be_visible()
         page.screenshot(path=str(shots / "formatted_splits.png"))
 
-        # The loss curve shows inline, not behind a click.
+        # The loss curve shows inline, not behind a click, full width, and the browser draws it.
         _open(page, f"{base_url}/assets/lora_adapter")
-        expect(page.locator("img[alt^='loss per step']").first).to_be_visible()
+        curve = page.locator("img[alt^='loss per step']").first
+        expect(curve).to_be_visible()
+        assert curve.evaluate("img => img.complete && img.naturalWidth") == CHART_WIDTH
+        _metadata_fits(page)
+        page.screenshot(path=str(shots / "lora_adapter.png"), full_page=True)
 
-        # rouge_report: base and fine-tuned answers beside the reference.
+        # rouge_report opens with the verdict: this profile switches the gate off, and it does not read as a pass.
         _open(page, f"{base_url}/assets/rouge_report")
-        for text in (expected["reference"], expected["base"], expected["fine_tuned"]):
-            expect(page.locator("td").filter(has_text=text).first).to_be_visible()
-        expect(page.locator("td").filter(has_text="fine-tuned, ROUGE-L").first).to_be_visible()
+        expect(page.get_by_text("⚪ Release gate DISABLED: it blocks nothing, this is not a pass").first).to_be_visible()
+        expect(page.get_by_text("Best answer").first).to_be_visible()
+        _metadata_fits(page)
+        # Every answer, each with its score and what is wrong with it, beside its question and the reference.
+        questions = {row["#"] for row in expected["rows"]}
+        assert len(questions) == 2
+        for row in expected["rows"]:
+            expect(page.locator("td").filter(has_text=row["text"]).first).to_be_visible()
+            expect(page.locator("td").filter(has_text=row["from"]).first).to_be_visible()
         page.screenshot(path=str(shots / "rouge_report.png"), full_page=True)
         page.locator("tr").filter(has_text="answers_side_by_side").get_by_text("[Show Markdown]").click()
         dialog = page.get_by_role("dialog")
         headers = dialog.locator("th")
         expect(headers.filter(has_text="Reference").first).to_be_visible()
-        expect(headers.filter(has_text="Base model (ROUGE-L").first).to_be_visible()
-        expect(headers.filter(has_text="Fine-tuned model (ROUGE-L").first).to_be_visible()
-        expect(dialog.locator("td").filter(has_text=expected["reference"][:60]).first).to_be_visible()
+        expect(headers.filter(has_text="Base model, ROUGE-L").first).to_be_visible()
+        expect(headers.filter(has_text="Fine-tuned, ROUGE-L").first).to_be_visible()
+        expect(dialog.get_by_text("Question 2 of 2")).to_be_visible()
         page.screenshot(path=str(shots / "answers_side_by_side.png"))
+        page.keyboard.press("Escape")
+
+        # hub_release opens with the same verdict; its card states the run's facts.
+        _open(page, f"{base_url}/assets/hub_release")
+        expect(page.get_by_text("⚪ Release gate DISABLED: it blocks nothing, this is not a pass").first).to_be_visible()
+        page.locator("tr").filter(has_text="model_card").get_by_text("[Show Markdown]").click()
+        card = page.get_by_role("dialog")
+        expect(card.get_by_text("license: apache-2.0")).to_be_visible()  # SmolLM2's own, from its card
+        expect(card.get_by_text(f"The adapter alone ({expected['adapter_size']})")).to_be_visible()
+        expect(card.get_by_text("TRL and PEFT").first).to_be_visible()
+        assert card.get_by_text("unsloth").count() == 0 and card.get_by_text("split: train").count() == 0
+        page.screenshot(path=str(shots / "hub_release_card.png"))
         page.keyboard.press("Escape")
 
         # The demo-style profile turns the gate off; the check says so instead of a bare "Passed".
         _open(page, f"{base_url}/assets/rouge_report?view=checks")
         page.get_by_text("release_gate").first.click()
-        expect(page.get_by_text("gate disabled by profile settings").first).to_be_visible()
+        expect(page.get_by_text("Release gate: DISABLED (blocks nothing)").first).to_be_visible()
 
         # The asset graph: groups start collapsed; expand them from the canvas's context menu.
         _open(page, f"{base_url}/asset-groups")

@@ -44,6 +44,7 @@ class Backend(ABC):
     name: ClassVar[str]  # what artifacts record (TrainingSummary.backend)
     packages: ClassVar[tuple[str, ...]]  # whose versions the training summary records
     card_stack: ClassVar[str]  # the model card's "trained with ..." words
+    card_tags: ClassVar[tuple[str, ...]] = ()  # the Hub tags of a model it trained, beyond the card's own
     # Whether the library's generate switches the model to inference mode and back by itself; grading during
     # training then leaves the mode alone (training/grading.py).
     generate_manages_train_mode: ClassVar[bool]
@@ -107,6 +108,7 @@ class Unsloth(Backend):
     name = "unsloth"
     packages = TRAINING_PACKAGES + UNSLOTH_PACKAGES
     card_stack = "Unsloth and TRL"
+    card_tags = ("unsloth",)
     # Its generate enters inference mode and leaves it; a bare model.train() afterwards would not undo its patches.
     generate_manages_train_mode = True
     patches_every_model = True

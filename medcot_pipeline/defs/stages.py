@@ -179,8 +179,12 @@ def stage_asset(**asset_kwargs) -> Callable:
 
         @functools.wraps(fn)
         def run_stage(context: dg.AssetExecutionContext, **kwargs):
+            from medcot_pipeline.defs.settings_changes import with_run_settings
+
             tag_run_with_profile(context)
-            return fn(context, config=config_class(**context.op_config), **kwargs)
+            config = config_class(**context.op_config)
+            # The settings it ran with go into its metadata: what settings_match_profile compares with the profile.
+            return with_run_settings(fn(context, config=config, **kwargs), stage.asset, {**kwargs, "config": config})
 
         # Dagster reads inputs and resources from this signature; the config comes from `config_schema` instead.
         run_stage.__signature__ = signature.replace(  # type: ignore[attr-defined]

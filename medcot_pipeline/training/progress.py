@@ -1,14 +1,33 @@
 """What training reports: a start summary and per-step numbers with elapsed and remaining time, sent to
-Dagster's log as they happen, and the loss curve (a full-size PNG and a small inline chart)."""
+Dagster's log as they happen, and nothing else: the trainer's own printouts would repeat each step as a raw dict.
+(The loss curve is drawn in presentation/charts.py, from the training summary.)"""
 
 from __future__ import annotations
 
-import base64
+import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from medcot_pipeline.presentation.text import clock
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars (loading weights, tokenizing the dataset) where stderr is a log file rather than a terminal."""
+    if not sys.stderr.isatty():
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
+
+def leave_reporting_to(trainer) -> None:
+    """TrainingProgress reports each step; the trainer's own callbacks would print it again as a raw dict."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
 
 
 def peak_gpu_memory_gib() -> float | None:
@@ -80,13 +99,6 @@ class TrainingProgress(TrainerCallback):
         return round(self.session_tokens / self.training_seconds, 1) if self.training_seconds else None
 
 
-def clock(seconds: float) -> str:
-    """1:05:09, 4:07 or 0:09."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def start_summary(args, state, model, train_dataloader) -> str:
     """What is about to happen, in one line: rows, steps, global batch, epochs, trainable parameters."""
     parts = []
@@ -132,87 +144,3 @@ def loss_rows(log_history: list[dict], timings: dict[int, dict] | None = None) -
 
 def eval_rows(log_history: list[dict]) -> list[dict]:
     return [{"step": entry["step"], "eval_loss": entry["eval_loss"]} for entry in log_history if "eval_loss" in entry]
-
-
-def loss_curve_png(history: list[dict], path: str | Path) -> Path:
-    """Train and eval loss against the optimizer step, from `trainer.state.log_history`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display in a Dagster worker
-    import matplotlib.pyplot as plt
-
-    train, evals = loss_rows(history), eval_rows(history)
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=80)
-    axes.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    if evals:
-        axes.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o--", label="eval loss")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, format="png")
-    plt.close(figure)
-    return path
-
-
-def markdown_image(png: Path, title: str = "loss curve") -> str:
-    """Markdown that shows the PNG inline in Dagster's UI, without a file server."""
-    encoded = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    return f"![{title}](data:image/png;base64,{encoded})"
-
-
-def loss_chart_markdown(history: list[dict], width: int = 300, height: int = 100, limit: int = 990) -> str:
-    """The loss curve as a small SVG in markdown, under `limit` characters.
-
-    Dagster's UI shows markdown metadata inline only under 1,000 characters (longer behind a click); a PNG
-    never fits, this chart of train (blue line) and eval (orange dots) loss per step does.
-    """
-    train = [(r["step"], r["loss"]) for r in loss_rows(history)]
-    evals = [(r["step"], r["eval_loss"]) for r in eval_rows(history)]
-    if not train:
-        return "_no training loss was logged_"
-    points = 48
-    while True:
-        svg = _loss_svg(_thin(train, points), _thin(evals, max(points // 4, 2)), width, height)
-        text = f"![loss per step: train (blue line), eval (orange dots)](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
-        if len(text) < limit or points <= 4:
-            return text
-        points = points * 3 // 4
-
-
-def _thin(series: list[tuple], points: int) -> list[tuple]:
-    """At most `points` evenly spaced entries, the last one always kept."""
-    if len(series) <= points:
-        return series
-    stride = (len(series) - 1) / (points - 1)
-    return [series[round(i * stride)] for i in range(points)]
-
-
-def _loss_svg(train: list[tuple], evals: list[tuple], width: int, height: int) -> str:
-    losses = [loss for _, loss in train + evals]
-    low, high = min(losses), max(losses)
-    span = (high - low) or 1.0
-    last_step = max(step for step, _ in train + evals)
-    left, top, bottom = 30, 6, height - 14
-
-    def xy(step, loss, separator=","):
-        x = left + (width - left - 4) * (step / last_step if last_step else 1)
-        return f"{x:.0f}{separator}{top + (bottom - top) * (high - loss) / span:.0f}"
-
-    lines = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="10">',
-        f'<polyline fill="none" stroke="#2563eb" points="{" ".join(xy(*p) for p in train)}"/>',
-    ]
-    if evals:
-        # A dot per evaluation (zero-length strokes with round caps): one evaluation is still visible.
-        dots = "".join(f"M{xy(step, loss, ' ')}h0" for step, loss in evals)
-        lines.append(f'<path stroke="#ea580c" stroke-width="5" stroke-linecap="round" d="{dots}"/>')
-        lines.append(f'<text x="{width - 2}" y="{top + 8}" text-anchor="end" fill="#ea580c">eval</text>')
-    lines += [
-        f'<text x="{width - 2}" y="{top + 20 if evals else top + 8}" text-anchor="end" fill="#2563eb">train</text>',
-        f'<text x="0" y="{top + 8}">{high:.3g}</text><text x="0" y="{bottom}">{low:.3g}</text>',
-        f'<text x="{width - 2}" y="{height - 2}" text-anchor="end">step {last_step}</text></svg>',
-    ]
-    return "".join(lines)

@@ -73,6 +73,9 @@ class LoraFinetuneRecipe:
             self.wandb_run = start_wandb(self.job.wandb, self.job.settings, self.log)
 
     def _setup_model(self) -> None:
+        from medcot_pipeline.training import progress
+
+        progress.quiet_progress_bars()
         self.model, self.tokenizer = self.backend.load_for_training(
             self.job.base_model.reference, self.settings, self.job.max_seq_length
         )
@@ -91,6 +94,7 @@ class LoraFinetuneRecipe:
             report_to=["wandb"] if self.wandb_run else [], run_name=self.job.wandb.run_name or None,
             callbacks=[self.progress, *checkpoint_upload.callbacks(self.job, self.log)], backend=self.backend, log=self.log,
         )
+        progress.leave_reporting_to(self.trainer)
 
     # ------------------------------------------------------------------------------------------ train
 
@@ -135,10 +139,7 @@ class LoraFinetuneRecipe:
         """The training summary; rank 0 also writes the adapter with it."""
         summary = self._summary()
         if data_parallel.is_main_process():
-            save_adapter(
-                self.trainer.model, self.trainer.processing_class, Path(self.job.output_dir), summary,
-                self.trainer.state.log_history, self.log,
-            )
+            save_adapter(self.trainer.model, self.trainer.processing_class, Path(self.job.output_dir), summary, self.log)
         self.saved = True
         return summary
 
@@ -243,9 +244,10 @@ def out_of_memory_advice(config: TrainingSettings, max_seq_length: int, profile:
     )
 
 
-def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, history: list, log) -> None:
+def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, log) -> None:
     """Adapter, tokenizer, summary and loss curve, appearing in `output_dir` all at once."""
-    from medcot_pipeline.training.progress import loss_curve_png
+    from medcot_pipeline.presentation.charts import loss_curve_png
+    from medcot_pipeline.presentation.training import loss_series
 
     if output_dir.exists():
         log.warning(f"replacing the earlier adapter at {output_dir}")
@@ -254,7 +256,7 @@ def save_adapter(model, tokenizer, output_dir: Path, summary: TrainingSummary, h
         # Readers of the adapter generate, and generation pads on the left.
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(staging)
-        loss_curve_png(history, staging / LOSS_CURVE_FILE)
+        loss_curve_png(loss_series(summary), staging / LOSS_CURVE_FILE)
         summary.write(staging)
     kept = "" if summary.kept_step in (None, summary.global_step) else f", the checkpoint of step {summary.kept_step}"
     log.info(f"adapter saved ({summary.global_step} steps{kept})")

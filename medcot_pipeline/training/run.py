@@ -51,118 +51,16 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Presentation: the summary as Dagster metadata (Pipes' typed values), plain dicts with no dagster import.
-# Kept apart from the process above so that it can move to one presentation module with defs/metadata.py.
-
-
-def _value(raw, kind: str) -> dict:
-    """A typed Pipes metadata value; None becomes Dagster's null rather than a failed cast."""
-    return {"raw_value": raw, "type": "null" if raw is None else kind}
-
-
-def _table(rows: list[dict], columns: dict[str, str]) -> dict:
-    return _value(
-        {
-            "records": [{name: row.get(name) for name in columns} for row in rows],
-            "schema": [{"name": name, "type": kind} for name, kind in columns.items()],
-        },
-        "table",
-    )
-
-
-def _markdown_rows(rows: dict) -> dict:
-    """Facts for the page but not for the Plots tab: a two-column markdown table, numbers written for reading."""
-    def text(value) -> str:
-        if value is None:
-            return "n/a"
-        if isinstance(value, float):
-            return f"{value:.2e}" if value and abs(value) < 1e-3 else f"{value:,.4g}"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-    lines = ["| | |", "|---|---|"] + [f"| {label} | {text(value).replace('|', '/')} |" for label, value in rows.items()]
-    return _value("\n".join(lines), "md")
+# Presentation: the page is medcot_pipeline/presentation's (the same functions the Dagster steps and the model
+# card use); here it only becomes Pipes' typed values, plain dicts with no dagster import.
 
 
 def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dict:
-    """The summary as Dagster metadata: the loss curve first (small enough to show inline), the few numbers
-    worth a chart across runs (the Plots tab draws every numeric entry), then the rest as tables."""
-    from medcot_pipeline.training.grading import GRADE_KEYS as grading_keys
-    from medcot_pipeline.training.progress import loss_chart_markdown, markdown_image
+    """lora_adapter's page (presentation/training.py), as Pipes metadata."""
+    from medcot_pipeline.presentation.entries import as_pipes_metadata
+    from medcot_pipeline.presentation.training import lora_adapter_page
 
-    wandb = summary.wandb
-    history = [{"step": r["step"], "loss": r["loss"]} for r in summary.loss_per_step] + [
-        {"step": r["step"], "eval_loss": r["eval_loss"]} for r in summary.eval_losses
-    ]
-    data = summary.model_dump()
-    kept = next((row for row in summary.graded_steps if row["step"] == summary.kept_step), {})
-
-    def rounded(value, digits: int = 4):
-        return None if value is None else float(f"{value:.{digits}g}")
-
-    return {
-        "loss_curve": _value(loss_chart_markdown(history), "md"),
-        "train_loss_final": _value(rounded(data["train_loss_final"]), "float"),
-        "eval_loss_final": _value(rounded(data["eval_loss_final"]), "float"),
-        "global_step": _value(data["global_step"], "int"),
-        "tokens_per_second": _value(rounded(data["tokens_per_second"]), "float"),
-        "training_seconds": _value(rounded(data["training_seconds"]), "float"),
-        "peak_gpu_memory_gib": _value(rounded(data["peak_gpu_memory_gib"], 3), "float"),
-        # Grading during training (training/grading.py): the step whose answers graded best, and its grades.
-        "kept_step": _value(data["kept_step"], "int"),
-        "kept_format_compliance": _value(rounded(kept.get("format_compliance")), "float"),
-        "kept_rouge_l_response": _value(rounded(kept.get("rouge_l_response")), "float"),
-        "training": _markdown_rows({
-            "profile": summary.profile,
-            "backend": summary.backend,
-            "base weights": summary.base_weights,
-            "hardware": summary.hardware,
-            "processes": summary.processes,
-            "rows a step (global batch)": summary.global_batch_rows,
-            "steps": summary.global_step,
-            "resumed from": Path(summary.resumed_from).name if summary.resumed_from else "no checkpoint",
-            "final learning rate": summary.learning_rate_final,
-            "training rows": summary.train_rows,
-            "validation rows": summary.validation_rows,
-            "tokens seen": summary.tokens_seen,
-            "wall time (s)": summary.wall_time_seconds,
-            "graded questions": summary.graded_questions,
-            "checkpoint kept by": summary.kept_by,
-        }),
-        "loss_per_step": _table(
-            [
-                {**row, "loss": rounded(row.get("loss")), "grad_norm": rounded(row.get("grad_norm")),
-                 # In scientific notation: the UI would write 2.7e-05 as 0.00002727272727272727.
-                 "learning_rate": None if row.get("learning_rate") is None else f"{row['learning_rate']:.3e}"}
-                for row in data["loss_per_step"]
-            ],
-            {
-                "step": "int",
-                "loss": "float",
-                "learning_rate": "string",
-                "grad_norm": "float",
-                "tokens_seen": "int",
-                "tokens_per_second": "float",
-                "elapsed_s": "float",
-                "peak_gpu_memory_gib": "float",
-            },
-        ),
-        "eval_losses": _table(
-            [{**row, "eval_loss": rounded(row.get("eval_loss"))} for row in data["eval_losses"]], {"step": "int", "eval_loss": "float"}
-        ),
-        # What each evaluation's answers scored (format compliance, ROUGE-L, cut off) beside eval loss.
-        "graded_steps": _table(
-            [
-                {**row, **{key: rounded(row.get(key)) for key in ("eval_loss", *grading_keys)}, "kept": row["step"] == data["kept_step"]}
-                for row in data["graded_steps"]
-            ],
-            {"step": "int", "eval_loss": "float", **{key: "float" for key in grading_keys}, "kept": "bool"},
-        ),
-        "loss_curve_png": _value(markdown_image(adapter_dir / LOSS_CURVE_FILE), "md"),
-        "backend": _value(data["backend"], "text"),
-        "versions": _value(data["versions"], "json"),
-        "resumed_from": _value(data["resumed_from"], "path"),
-        "wandb_run": _value(None, "text") if wandb is None else _value(wandb.url, "url") if wandb.url else _value(wandb.dir, "path"),
-    }
+    return as_pipes_metadata(lora_adapter_page(summary, adapter_dir / LOSS_CURVE_FILE))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ def start_wandb(target: WandbTarget, settings: TrainingSettings, log):
     os.environ["WANDB_MODE"] = target.mode
     os.environ["WANDB_DIR"] = target.dir
     os.environ["WANDB_PROJECT"] = target.project
+    # No banner or run summary on stderr (dozens of lines); the line logged below says where the run is.
+    os.environ["WANDB_SILENT"] = "true"
     if target.entity:
         os.environ["WANDB_ENTITY"] = target.entity
     Path(target.dir).mkdir(parents=True, exist_ok=True)

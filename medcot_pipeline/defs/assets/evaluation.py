@@ -5,11 +5,13 @@ from typing import Any
 
 import dagster as dg
 
-from medcot_pipeline.contracts import SAMPLES_FILE
+from medcot_pipeline.artifact_store import ArtifactError
+from medcot_pipeline.contracts import SAMPLES_FILE, ContractError, EvaluationReport, MergeRecord, TrainingSummary
 from medcot_pipeline.data.schema import read_split
-from medcot_pipeline.defs.metadata import answers_side_by_side, answers_table, comparison, rounded, string_table, summary_table
+from medcot_pipeline.defs.metadata import metadata_values, string_table, summary_table
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource
 from medcot_pipeline.defs.stages import BenchmarkEvaluationConfig, EvaluationConfig, current_code_version, stage_asset
+from medcot_pipeline.presentation.text import rounded
 
 
 @stage_asset(kinds={"pytorch"})
@@ -37,32 +39,29 @@ def rouge_report(
             merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
-    tuned, base = report.fine_tuned, report.base
-    samples = out_dir / SAMPLES_FILE
-    metadata = {
-        # What a reader looks for first: the scores side by side, then the answers beside the reference.
-        "comparison": comparison(report),
-        "answers_side_by_side": answers_side_by_side(samples),
-        "answers": answers_table(samples),
-        # The numbers worth a chart across runs (the Plots tab draws every numeric entry).
-        "rouge_l_response": rounded(tuned.rouge_l_response),
-        "format_compliance": rounded(tuned.format_compliance),
-        "generation_tokens_per_second": rounded(tuned.tokens_per_second),
-    }
-    if base is not None:
-        metadata["base_rouge_l_response"] = rounded(base.rouge_l_response)
-    settings = report.settings  # as the run was configured (the launchpad may have changed the profile's values)
-    metadata["evaluation"] = summary_table({
-        "questions": report.n,
-        "decoding": "sampled" if settings.do_sample else "greedy",
-        "max_new_tokens (+ continuation)": f"{settings.max_new_tokens} (+ {settings.continuation_tokens})",
-        "batch size": settings.batch_size,
-        "attention, KV cache": f"{settings.attention}, {settings.kv_cache}",
-        "fine-tuned: generation seconds": tuned.wall_seconds,
-        **({"base: generation seconds": base.wall_seconds} if base is not None else {}),
-    })
-    metadata["path"] = dg.MetadataValue.path(str(out_dir))
-    return dg.Output(str(out_dir), metadata=metadata)
+    return dg.Output(str(out_dir), metadata=rouge_report_metadata(report, out_dir, merged_model, artifacts, context.log))
+
+
+def rouge_report_metadata(report: EvaluationReport, out_dir, merged_model: str, artifacts: ArtifactStore, log) -> dict:
+    """The page (presentation/report.py): the gate's verdict, the loss curve of the training behind the graded
+    model (followed through merge.json to its training summary), the best and worst answer, then the rest. The
+    verdict goes to the run's log too, where a disabled gate would otherwise read as a passed check."""
+    from medcot_pipeline.evaluation.release_gate import decide
+    from medcot_pipeline.presentation.report import rouge_report_page
+    from medcot_pipeline.presentation.verdict import verdict_line
+
+    try:
+        adapter = artifacts.store().local_copy(MergeRecord.read(merged_model).adapter_dir)
+        training = TrainingSummary.read(adapter)
+    except (ContractError, ArtifactError):
+        training = None  # a merged model from before merge.json named its adapter: the page goes without the curve
+    # This page judges what this report holds; the benchmark criteria need benchmark_report, which the release_gate
+    # check reads beside it (and hub_release's page shows the whole decision).
+    held_out = report.model_copy(update={"settings": report.settings.model_copy(update={"gate_accuracy_lower_bound": None})})
+    decision = decide(held_out)
+    log.info(verdict_line(decision))
+    page = rouge_report_page(report, decision, out_dir / SAMPLES_FILE, training)
+    return {**metadata_values(page), "path": dg.MetadataValue.path(str(out_dir))}
 
 
 @stage_asset(kinds={"pytorch"})

@@ -8,9 +8,9 @@ import dagster as dg
 from medcot_pipeline.artifact_io import file_sha256, tree_bytes, tree_sha256
 from medcot_pipeline.contracts import MergeRecord, SplitsSummary, TrainingJob, WandbTarget
 from medcot_pipeline.data.schema import split_path
-from medcot_pipeline.defs.metadata import number_text
 from medcot_pipeline.defs.resources import ArtifactStore, BaseModelResource, WandbResource, verified_inputs
 from medcot_pipeline.defs.stages import PROFILE, PROFILE_TAG_KEY, MergeConfig, TrainingConfig, current_code_version, stage_asset
+from medcot_pipeline.presentation.text import number_text, size_text
 
 
 @stage_asset(kinds={"pytorch", "peft"})
@@ -96,16 +96,16 @@ def lora_adapter(
     adapter_dir = artifacts.version_dir("lora_adapter", context.run_id) / "adapter"
     # The training process only knew the staging directory; this is where the adapter now is.
     context.log.info(f"adapter at {adapter_dir}")
+    # The training process reported the page (presentation/training.py: processes and the global batch are in
+    # its `training` table, not numbers the Plots tab would draw as flat lines); where the adapter now is, here.
     return dg.Output(
         str(adapter_dir),
         metadata={
             **(result.metadata or {}),
             "path": dg.MetadataValue.path(str(adapter_dir)),
-            "size": f"{tree_bytes(adapter_dir) / 2**20:,.1f} MiB",
+            "size": size_text(tree_bytes(adapter_dir)),
             "content_sha256": tree_sha256(adapter_dir),
             "base_model": base_model.name,
-            "processes": processes,
-            "global_batch_rows": split.global_batch,
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
         },
     )
@@ -138,7 +138,7 @@ def merged_model(
         )
         record.write(staging / "model")
     model_dir = artifacts.version_dir("merged_model", context.run_id) / "model"
-    size = f"{tree_bytes(model_dir) / 2**20:,.1f} MiB"
+    size = size_text(tree_bytes(model_dir))
     context.log.info(
         f"merged model at {model_dir}: {info['parameters']:,} parameters, {size}, in {time.perf_counter() - started:.0f} s"
     )

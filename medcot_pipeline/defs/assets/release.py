@@ -1,17 +1,14 @@
 """Release stage: a model card and the release folder, pushed to the Hub when HF_TOKEN is set."""
 
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
 from medcot_pipeline.artifact_store import ArtifactError
-from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, SplitsSummary, TrainingSummary
-from medcot_pipeline.defs.metadata import model_card_markdown
+from medcot_pipeline.contracts import BenchmarkReport, EvaluationReport, MergeRecord, TrainingSummary
+from medcot_pipeline.defs.metadata import metadata_values, model_card_markdown
 from medcot_pipeline.defs.resources import ArtifactStore, HubResource, verified_inputs
 from medcot_pipeline.defs.stages import ReleaseConfig, current_code_version, stage_asset
-from medcot_pipeline.evaluation.release_gate import decide
-from medcot_pipeline.evaluation.scores import gate_headline, gate_rows, markdown_table
 
 
 def check_lineage(
@@ -56,7 +53,7 @@ def hub_release(
     """The release folder (merged model, adapter, model card), pushed to the Hub only with HF_TOKEN set."""
     from medcot_pipeline.contracts import ContractError
     from medcot_pipeline.release.hub_publishing import HubUnavailableError, ReleaseError, push_release, stage_release
-    from medcot_pipeline.release.model_card import ReleaseFacts, build_model_card
+    from medcot_pipeline.release.model_card import ReleaseFacts, ReleaseFactsError, build_model_card
 
     # Every fact comes from the artifacts this release is made of, following their own records upstream.
     try:
@@ -64,32 +61,26 @@ def hub_release(
         benchmarks = BenchmarkReport.read(benchmark_report)
         merge = MergeRecord.read(merged_model)
         summary = TrainingSummary.read(lora_adapter)
-        splits = SplitsSummary.read(formatted_splits)
     except ContractError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     # Contracts name artifacts by their location in the root (on object storage, not this node's copies).
     check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter), benchmarks)
-    gate = decide(report, benchmarks)
-    # The decontamination the card reports is that of the splits this adapter was trained on, or none.
-    decontaminated = splits.decontamination if splits.content_sha256 == summary.splits_sha256 else None
-    facts = ReleaseFacts(
-        repo_id=config.repo_id,
-        license=config.license,
-        training=summary,
-        evaluation=report,
-        code_version={
-            **{asset: version or "unknown" for asset, version in summary.lineage.items()},
-            "lora_adapter": summary.code_version or "unknown",
-            "merged_model": merge.code_version or "unknown",
-            "rouge_report": report.code_version or "unknown",
-            "benchmark_report": benchmarks.code_version or "unknown",
-            "hub_release": current_code_version(context) or "unknown",
-        },
-        adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
-        benchmarks=benchmarks,
-        gate=gate,
-        decontamination=decontaminated,
-    )
+    try:
+        facts = ReleaseFacts.from_artifacts(
+            config.repo_id, lora_adapter, rouge_report,
+            code_version={
+                **{asset: version or "unknown" for asset, version in summary.lineage.items()},
+                "lora_adapter": summary.code_version or "unknown",
+                "merged_model": merge.code_version or "unknown",
+                "rouge_report": report.code_version or "unknown",
+                "benchmark_report": benchmarks.code_version or "unknown",
+                "hub_release": current_code_version(context) or "unknown",
+            },
+            adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
+            license=config.license, benchmark_report=benchmark_report, formatted_splits=formatted_splits,
+        )
+    except (ReleaseFactsError, ContractError) as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
     card = build_model_card(facts)
     try:
         with artifacts.new_version("hub_release", context.run_id) as staging:
@@ -100,17 +91,7 @@ def hub_release(
     except (ReleaseError, ArtifactError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
     staged = artifacts.version_dir("hub_release", context.run_id)
-    metadata: dict[str, Any] = {
-        # First on the page: what the gate decided, so that a disabled gate never reads as a pass.
-        "release_gate": gate_headline(gate),
-        "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(gate))),
-        "path": dg.MetadataValue.path(str(staged)),
-        "repo_id": config.repo_id,
-        "private": config.private,
-        "files": str(len(manifest.files)),
-        "size": f"{manifest.total_bytes / 2**20:,.1f} MiB",
-        "model_card": model_card_markdown(card),
-    }
+    metadata = release_metadata(facts, rouge_report, card, staged, manifest, config)
     if not hub.token:
         context.log.warning("HF_TOKEN is not set: the release is staged locally and nothing was pushed.")
         return dg.Output(str(staged), metadata={**metadata, "status": "staged, not pushed (HF_TOKEN is not set)"})
@@ -127,3 +108,26 @@ def hub_release(
         metadata={**metadata, "status": status, "repo_url": dg.MetadataValue.url(pushed["repo_url"]),
                   "commit": pushed.get("commit_oid") or "none"},
     )
+
+
+def release_metadata(facts, rouge_report: str, card, staged: Path, manifest, config: ReleaseConfig) -> dict:
+    """The page opens as rouge_report's does (the gate's verdict, the loss curve, the best and worst answer, from
+    the same artifacts the card states), then what was staged and the card itself."""
+    from medcot_pipeline.contracts import SAMPLES_FILE
+    from medcot_pipeline.evaluation.scores import gate_rows, markdown_table
+    from medcot_pipeline.presentation.report import verdict_entries
+    from medcot_pipeline.presentation.text import size_text
+
+    opening = verdict_entries(facts.decision, facts.evaluation, Path(rouge_report) / SAMPLES_FILE, facts.training, facts.benchmarks)
+    return {
+        **metadata_values(opening),
+        # Every criterion with its detail (the interval behind it): the verdict above has one line each.
+        "release_gate_criteria": dg.MetadataValue.md(markdown_table(gate_rows(facts.decision))),
+        "path": dg.MetadataValue.path(str(staged)),
+        "repo_id": config.repo_id,
+        "private": config.private,
+        "license": facts.license,
+        "files": str(len(manifest.files)),
+        "size": size_text(manifest.total_bytes),
+        "model_card": model_card_markdown(card),
+    }
