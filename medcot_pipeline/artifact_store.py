@@ -186,7 +186,9 @@ def download_committed(location: str, destination: Path) -> ArtifactManifest:
                 raise ArtifactError(f"{join(location, relative)} is listed in the manifest but missing") from err
             size = target.stat().st_size
             if size != entry.size or file_sha256(target) != entry.sha256:
-                raise ArtifactError(f"{join(location, relative)} ({size} bytes) does not match its manifest ({entry.size} bytes, sha256 {entry.sha256[:12]})")
+                raise ArtifactError(
+                    f"{join(location, relative)} ({size} bytes) does not match its manifest ({entry.size} bytes, sha256 {entry.sha256[:12]})"
+                )
         (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
     return manifest
 
@@ -272,7 +274,7 @@ class ArtifactRoot:
             prefix = self.root + "/"
             if not str(location).startswith(prefix):
                 raise ArtifactError(f"{location} is not under the artifacts root {self.root}")
-            return tuple(p for p in str(location)[len(prefix):].split("/") if p)
+            return tuple(p for p in str(location)[len(prefix) :].split("/") if p)
         try:
             return Path(location).resolve().relative_to(self.base).parts
         except ValueError:
@@ -303,9 +305,7 @@ class ArtifactRoot:
         existing = next(parent for parent in (self.base, *self.base.parents) if parent.exists())
         if not existing.is_dir():
             what = "the artifacts root" if existing == self.base else f"{existing}, above the artifacts root {self.base},"
-            raise ArtifactError(
-                f"{what} is a file, not a directory: point resources.artifacts.config.root in the profile at a directory"
-            )
+            raise ArtifactError(f"{what} is a file, not a directory: point resources.artifacts.config.root in the profile at a directory")
 
     def version_dir(self, asset: str, run_id: str) -> Path:
         """The local directory of a committed version (fetched into the cache when the root is remote)."""

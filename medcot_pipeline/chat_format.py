@@ -30,9 +30,7 @@ def has_chat_template(tokenizer) -> bool:
 def render_prompt(tokenizer, question: str) -> str:
     """Prompt text ending where the model should start writing its answer."""
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            prompt_messages(question), tokenize=False, add_generation_prompt=True
-        )
+        return tokenizer.apply_chat_template(prompt_messages(question), tokenize=False, add_generation_prompt=True)
     return PLAIN_PROMPT.format(question=question)
 
 

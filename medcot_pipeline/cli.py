@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = _model_options()
 
     ask = commands.add_parser(
-        "ask", parents=[model],
+        "ask",
+        parents=[model],
         help="answer one question, printing the tokens as they come",
         description=(
             "Answer one medical question with a merged model, or a base model plus a LoRA adapter. On a terminal the "
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("question", help="the question; a long one is shortened to fit the model's context")
     commands.add_parser(
-        "chat", parents=[model],
+        "chat",
+        parents=[model],
         help="load the model once and answer questions one after another (/exit to leave)",
         description=(
             "Load the model once, then read questions, one a line, and answer each as `medcot ask` does: from a "
@@ -66,52 +68,64 @@ def _model_options() -> argparse.ArgumentParser:
     """The options `ask` and `chat` share: which model, on what, with what budget, written how."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
-        "--model", default="latest",
+        "--model",
+        default="latest",
         help="'latest' (default: the newest merged_model under the artifacts root), a stage directory such as "
         "artifacts/merged_model (its newest run), a merged model directory, a LoRA adapter directory, or the base "
         "model with --adapter",
     )
     options.add_argument("--adapter", help="LoRA adapter directory to apply on top of --model")
+    options.add_argument("--artifacts", help="artifacts root for --model latest (default: the root in $MEDCOT_PROFILE, else ./artifacts)")
     options.add_argument(
-        "--artifacts", help="artifacts root for --model latest (default: the root in $MEDCOT_PROFILE, else ./artifacts)"
-    )
-    options.add_argument(
-        "--max-new-tokens", type=_positive_int,
+        "--max-new-tokens",
+        type=_positive_int,
         help=f"token budget of the answer (default {DEFAULT_NEW_TOKENS['cuda']} on a GPU, {DEFAULT_NEW_TOKENS['cpu']} on a CPU)",
     )
     options.add_argument(
-        "--continuation-tokens", type=_non_negative_int,
+        "--continuation-tokens",
+        type=_non_negative_int,
         help="extra tokens for an answer that has not closed </response> yet "
         f"(default {DEFAULT_CONTINUATION_TOKENS['cuda']} on a GPU, {DEFAULT_CONTINUATION_TOKENS['cpu']} on a CPU)",
     )
     options.add_argument(
-        "--repetition-penalty", type=_positive_float, default=DEFAULT_REPETITION_PENALTY,
+        "--repetition-penalty",
+        type=_positive_float,
+        default=DEFAULT_REPETITION_PENALTY,
         help=f"above 1 discourages repeated tokens; 1 turns it off (default {DEFAULT_REPETITION_PENALTY})",
     )
     options.add_argument(
-        "--no-repeat-ngram", type=_non_negative_int, default=DEFAULT_NO_REPEAT_NGRAM,
+        "--no-repeat-ngram",
+        type=_non_negative_int,
+        default=DEFAULT_NO_REPEAT_NGRAM,
         help=f"never repeat a run of this many tokens; 0 turns it off (default {DEFAULT_NO_REPEAT_NGRAM})",
     )
-    options.add_argument("--json", action="store_true",
-                         help="print one JSON object per answer (text, think, response, timing) instead of the text")
-    options.add_argument("--raw", action="store_true",
-                         help="on a terminal too, write the answer as generated, tags and all, instead of two sections")
+    options.add_argument(
+        "--json", action="store_true", help="print one JSON object per answer (text, think, response, timing) instead of the text"
+    )
+    options.add_argument(
+        "--raw", action="store_true", help="on a terminal too, write the answer as generated, tags and all, instead of two sections"
+    )
     options.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     options.add_argument("--temperature", type=_positive_float, help="sampling temperature, with --sample (default 0.7)")
     options.add_argument("--top-p", type=_positive_float, help="nucleus sampling, with --sample (default 0.95)")
     options.add_argument(
-        "--no-stream", action="store_true",
+        "--no-stream",
+        action="store_true",
         help="print the answer when it is complete instead of token by token (with --json, nothing streams to stderr)",
     )
     options.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     options.add_argument(
-        "--kv-cache", choices=("dynamic", "static"), default="dynamic",
+        "--kv-cache",
+        choices=("dynamic", "static"),
+        default="dynamic",
         help="static: the preallocated cache rouge_report uses on GPUs, faster per token after a torch.compile "
         "warm-up that a single short answer does not repay (default dynamic)",
     )
     options.add_argument(
         # The names of settings.GenerationSettings.attention, written out: importing settings pulls in pydantic.
-        "--attention", choices=("grouped_sdpa", "grouped_triton", "sdpa"), default="grouped_sdpa",
+        "--attention",
+        choices=("grouped_sdpa", "grouped_triton", "sdpa"),
+        default="grouped_sdpa",
         help="attention while decoding (default grouped_sdpa); grouped_triton, with --kv-cache static, is what the "
         "h100 profiles' rouge_report uses on a GPU (it needs Triton, which CUDA builds of torch bring)",
     )
@@ -143,7 +157,7 @@ class Session:
 def ask(args: argparse.Namespace) -> int:
     question = args.question.strip()
     if not question:
-        return _error("the question is empty; ask something, e.g. medcot ask \"What causes iron deficiency anemia?\"")
+        return _error('the question is empty; ask something, e.g. medcot ask "What causes iron deficiency anemia?"')
     session = load_session(args)
     if isinstance(session, int):
         return session
@@ -199,8 +213,9 @@ def load_session(args: argparse.Namespace) -> Session | int:
         _warn(f"{', '.join('--' + name.replace('_', '-') for name in sampling)} has no effect without --sample")
 
     if args.attention == "grouped_triton" and importlib.util.find_spec("triton") is None:
-        return _error("--attention grouped_triton needs Triton, which is not installed (CUDA builds of torch bring it); "
-                      "use --attention grouped_sdpa")
+        return _error(
+            "--attention grouped_triton needs Triton, which is not installed (CUDA builds of torch bring it); use --attention grouped_sdpa"
+        )
 
     # Paths first: a typo or a missing run fails here, before torch is imported.
     try:
@@ -256,11 +271,9 @@ def resolve_device(requested: str, torch) -> str:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"--device {requested}: CUDA is not available here (torch {torch.__version__}, {build}); "
-                             "use --device cpu")
+            raise ValueError(f"--device {requested}: CUDA is not available here (torch {torch.__version__}, {build}); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return requested
 
 
@@ -275,8 +288,9 @@ def answer(session: Session, question: str, args: argparse.Namespace) -> int:
     writer = None if stream_to is None else answer_writer(stream_to, args.raw)
     streamer = None if writer is None else text_streamer(session.tokenizer, writer)
     try:
-        run = generate_answers(session.model, session.tokenizer, [question], session.config, streamer=streamer,
-                               **cache_kwargs(session.config))
+        run = generate_answers(
+            session.model, session.tokenizer, [question], session.config, streamer=streamer, **cache_kwargs(session.config)
+        )
     except ValueError as err:  # e.g. a token budget that leaves no room for the prompt
         return _error(str(err))
     result = run.answers[0]
@@ -285,18 +299,24 @@ def answer(session: Session, question: str, args: argparse.Namespace) -> int:
         writer.finish()
 
     if args.json:
-        print(json.dumps({
-            "question": result.question,
-            "model": session.model_path,
-            "text": result.text,
-            "think": parsed.think,
-            "response": parsed.response,
-            "truncated": result.truncated,
-            "compliant": parsed.compliant,
-            "new_tokens": result.new_tokens,
-            "seconds": round(run.wall_seconds, 2),
-            "tokens_per_second": round(run.tokens_per_second, 1),
-        }, ensure_ascii=False), flush=True)
+        print(
+            json.dumps(
+                {
+                    "question": result.question,
+                    "model": session.model_path,
+                    "text": result.text,
+                    "think": parsed.think,
+                    "response": parsed.response,
+                    "truncated": result.truncated,
+                    "compliant": parsed.compliant,
+                    "new_tokens": result.new_tokens,
+                    "seconds": round(run.wall_seconds, 2),
+                    "tokens_per_second": round(run.tokens_per_second, 1),
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
     elif writer is None:
         whole = answer_writer(sys.stdout, args.raw)
         whole.feed(result.text.strip() or "(empty answer)")
@@ -304,8 +324,7 @@ def answer(session: Session, question: str, args: argparse.Namespace) -> int:
     _note(f"{result.new_tokens} tokens in {run.wall_seconds:.1f} s, {run.tokens_per_second:.1f} tokens/s")
     if result.truncated:
         _warn(
-            f"the answer was cut off after {result.new_tokens} tokens before </response>; "
-            "raise --max-new-tokens or --continuation-tokens"
+            f"the answer was cut off after {result.new_tokens} tokens before </response>; raise --max-new-tokens or --continuation-tokens"
         )
     elif not parsed.compliant:
         _warn(f"the output does not follow <think>…</think><response>…</response>: {', '.join(parsed.problems)}")

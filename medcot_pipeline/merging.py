@@ -115,9 +115,7 @@ def sixteen_bit_source(base_model: str) -> str:
     method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
     if str(method) == "bitsandbytes" and _BNB_SUFFIX.search(base_model):
         return _BNB_SUFFIX.sub("", base_model)
-    raise MergeError(
-        f"base model {base_model} holds {method}-quantized weights; pass its 16-bit original as the base model"
-    )
+    raise MergeError(f"base model {base_model} holds {method}-quantized weights; pass its 16-bit original as the base model")
 
 
 def load_base_16bit(base_model: str, dtype: torch.dtype):

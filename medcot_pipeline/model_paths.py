@@ -47,9 +47,7 @@ def model_argument(value: str, root: Path) -> str:
     if value == LATEST:
         stage = root / "merged_model"
         if not stage.is_dir():
-            raise ModelLoadError(
-                f"no merged model under {root}/ yet: run the pipeline (bash scripts/run-demo.sh) or pass --model PATH"
-            )
+            raise ModelLoadError(f"no merged model under {root}/ yet: run the pipeline (bash scripts/run-demo.sh) or pass --model PATH")
         return str(newest_run(stage))
     path = Path(value).expanduser()
     if not path.is_dir() or _is_model_dir(path):
@@ -193,9 +191,13 @@ def check_model_files(directory: Path | str, *, hashes: bool = False) -> None:
     size = sum(path.stat().st_size for path in weights)
     if size != record.size_bytes:
         what = weights[0] if len(weights) == 1 else f"the {len(weights)} safetensors files in {directory}"
-        raise ModelLoadError(f"{what} {'is' if len(weights) == 1 else 'are'} {size:,} bytes but {MergeRecord.FILE} records "
-                             f"{record.size_bytes:,}: the file is damaged; {fix}")
+        raise ModelLoadError(
+            f"{what} {'is' if len(weights) == 1 else 'are'} {size:,} bytes but {MergeRecord.FILE} records "
+            f"{record.size_bytes:,}: the file is damaged; {fix}"
+        )
     # The manifest's sha256 already covered these bytes; merge.json's is for versions written before manifests.
     if hashes and not manifest_checked and files_sha256(weights) != record.weights_sha256:
-        raise ModelLoadError(f"the weights in {directory} have other bytes than {MergeRecord.FILE} records "
-                             f"(sha256 {record.weights_sha256[:12]}...): the file is damaged; {fix}")
+        raise ModelLoadError(
+            f"the weights in {directory} have other bytes than {MergeRecord.FILE} records "
+            f"(sha256 {record.weights_sha256[:12]}...): the file is damaged; {fix}"
+        )

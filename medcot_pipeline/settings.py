@@ -177,12 +177,16 @@ class EvaluationSettings(GenerationSettings):
     # a criterion set to null is not checked. Its decision is shown on rouge_report, hub_release and the card.
     gate_enabled: bool = Field(default=True, description="false: the gate records its numbers but blocks nothing.")
     gate_rouge_l_lower_bound: float | None = Field(
-        default=0.0, ge=-1, le=1,
+        default=0.0,
+        ge=-1,
+        le=1,
         description="The lower end of the 95% interval of fine-tuned minus base ROUGE-L (response) must be at least "
         "this: 0 asks for a detectable improvement.",
     )
     gate_accuracy_lower_bound: float | None = Field(
-        default=-0.05, ge=-1, le=1,
+        default=-0.05,
+        ge=-1,
+        le=1,
         description="For each benchmark in benchmark_report, the lower end of the 95% interval of the accuracy "
         "difference must be at least this: -0.05 refuses a model that may have lost more than 5 points.",
     )

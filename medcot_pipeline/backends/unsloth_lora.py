@@ -51,9 +51,7 @@ def model_for_inference(model_ref: str, adapter_dir: str | None, torch_dtype):
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(model_ref), "max_position_embeddings", None) or 4096
-    model, _ = FastLanguageModel.from_pretrained(
-        model_name=model_ref, max_seq_length=context, dtype=torch_dtype, load_in_4bit=False
-    )
+    model, _ = FastLanguageModel.from_pretrained(model_name=model_ref, max_seq_length=context, dtype=torch_dtype, load_in_4bit=False)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     FastLanguageModel.for_inference(model)

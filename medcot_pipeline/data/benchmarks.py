@@ -51,7 +51,9 @@ def _medqa_row(record: dict) -> dict:
 
 
 def _medmcqa_row(record: dict) -> dict:
-    options = {letter: record[key] for letter, key in zip(LETTERS, ("opa", "opb", "opc", "opd"), strict=False)}  # MedMCQA has four of the five
+    options = {
+        letter: record[key] for letter, key in zip(LETTERS, ("opa", "opb", "opc", "opd"), strict=False)
+    }  # MedMCQA has four of the five
     correct = record["cop"]
     return {
         "id": record.get("id"),
@@ -121,8 +123,7 @@ def load_from_hub(name: str, revision: str) -> LoadedBenchmark:
         dataset = datasets.load_dataset(benchmark.hub_id, benchmark.config, split=benchmark.split, revision=commit)
     except Exception as err:  # offline, auth, unknown revision or split: the step cannot go on either way
         raise SourceUnreachableError(
-            f"cannot load benchmark {name} ({where}, revision {revision}) from the Hugging Face Hub: "
-            f"{type(err).__name__}: {err}"
+            f"cannot load benchmark {name} ({where}, revision {revision}) from the Hugging Face Hub: {type(err).__name__}: {err}"
         ) from err
     location = f"{where} at {commit}"
     rows, skipped = to_frame(name, (benchmark.to_row(record) for record in dataset), location)
@@ -133,8 +134,10 @@ def usable(row: dict) -> bool:
     """A question with text, at least two non-empty options, and a correct letter among them."""
     question, options = row.get("question"), row.get("options")
     return (
-        isinstance(question, str) and bool(question.strip())
-        and isinstance(options, dict) and len(options) >= 2
+        isinstance(question, str)
+        and bool(question.strip())
+        and isinstance(options, dict)
+        and len(options) >= 2
         and all(isinstance(text, str) and text.strip() for text in options.values())
         and row.get("answer_idx") in options
     )
@@ -149,14 +152,16 @@ def to_frame(name: str, rows: Iterable[dict], where: str) -> tuple[pd.DataFrame,
             continue
         question, options, letter = row["question"], row["options"], row["answer_idx"]
         context = row.get("context")
-        out.append({
-            "benchmark": name,
-            "id": str(row["id"]) if row.get("id") not in (None, "") else f"{name}-{position}",
-            "question": question.strip(),
-            "context": context.strip() if isinstance(context, str) and context.strip() else None,
-            "options": json.dumps(options, ensure_ascii=False),
-            "answer_idx": letter,
-        })
+        out.append(
+            {
+                "benchmark": name,
+                "id": str(row["id"]) if row.get("id") not in (None, "") else f"{name}-{position}",
+                "question": question.strip(),
+                "context": context.strip() if isinstance(context, str) and context.strip() else None,
+                "options": json.dumps(options, ensure_ascii=False),
+                "answer_idx": letter,
+            }
+        )
     if not out:
         raise DatasetError(f"{where}: no usable questions ({skipped} without a question, two options or a correct letter)")
     return pd.DataFrame(out, columns=list(BENCHMARK_COLUMNS)), skipped

@@ -91,8 +91,13 @@ def clean_records(df: pd.DataFrame, special_tokens: Iterable[str] = ()) -> tuple
         for reason in ("null", "non_string", "empty", "invisible"):
             counts[f"dropped_{reason}_{field}"] = 0
     counts |= {f"coerced_{field}": 0 for field in RAW_COLUMNS}
-    counts |= {"removed_control_characters": 0, "escaped_tags": 0, "neutralised_special_tokens": 0,
-               "dropped_duplicate_question": 0, "nulled_bad_options": 0}
+    counts |= {
+        "removed_control_characters": 0,
+        "escaped_tags": 0,
+        "neutralised_special_tokens": 0,
+        "dropped_duplicate_question": 0,
+        "nulled_bad_options": 0,
+    }
 
     kept_positions: list[int] = []
     cleaned: dict[str, list[str]] = {field: [] for field in RAW_COLUMNS}

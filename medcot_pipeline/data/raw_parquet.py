@@ -88,15 +88,15 @@ def read_raw_parquet(path: Path | str) -> pd.DataFrame:
     json_columns = json.loads((table.schema.metadata or {}).get(_JSON_COLUMNS_KEY, b"[]"))
     df = table.to_pandas()
     for column in json_columns:
-        df[column] = pd.Series(
-            [json.loads(v) if isinstance(v, str) else None for v in df[column].tolist()], index=df.index, dtype=object
-        )
+        df[column] = pd.Series([json.loads(v) if isinstance(v, str) else None for v in df[column].tolist()], index=df.index, dtype=object)
     return df
 
 
 def frame_sha256(df: pd.DataFrame) -> str:
     """Content hash of records, independent of Parquet encoding details."""
     # pandas' JSON writer decodes bytes as UTF-8 (and fails on anything else); hash their hex instead.
-    df = df.apply(lambda column: column.map(lambda v: f"bytes:{v.hex()}" if isinstance(v, bytes) else v) if column.dtype == object else column)
+    df = df.apply(
+        lambda column: column.map(lambda v: f"bytes:{v.hex()}" if isinstance(v, bytes) else v) if column.dtype == object else column
+    )
     payload = df.to_json(orient="records", lines=True, force_ascii=False, default_handler=str)
     return hashlib.sha256(payload.encode()).hexdigest()

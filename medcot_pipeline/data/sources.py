@@ -32,8 +32,12 @@ def load_records(config: RawDatasetSettings) -> tuple[pd.DataFrame, DatasetProve
         df = _load_hub(config)
         origin = f"{config.hub_dataset} ({config.hub_config}, split {config.hub_split}, revision {config.hub_revision})"
         where = {
-            "hub_id": config.hub_dataset, "hub_config": config.hub_config, "hub_split": config.hub_split,
-            "revision": config.hub_revision, "location": origin, "format": "hub",
+            "hub_id": config.hub_dataset,
+            "hub_config": config.hub_config,
+            "hub_split": config.hub_split,
+            "revision": config.hub_revision,
+            "location": origin,
+            "format": "hub",
         }
     else:
         if config.source == "sample":
@@ -61,9 +65,7 @@ def _load_hub(config: RawDatasetSettings) -> pd.DataFrame:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(
-            config.hub_dataset, config.hub_config, split=config.hub_split, revision=config.hub_revision
-        )
+        dataset = datasets.load_dataset(config.hub_dataset, config.hub_config, split=config.hub_split, revision=config.hub_revision)
     except Exception as err:  # network, auth, unknown revision/config/split: all end the run the same way
         raise SourceUnreachableError(
             f"cannot load {config.hub_dataset} (config {config.hub_config}, split {config.hub_split}, "
@@ -105,9 +107,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     pandas reads "None", "N/A", "NA", "null", "nan" ... as missing by default; here only an empty cell is.
     """
     try:
-        return pd.read_csv(
-            path, encoding="utf-8", dtype={column: str for column in TEXT_COLUMNS}, keep_default_na=False, na_values=[""]
-        )
+        return pd.read_csv(path, encoding="utf-8", dtype={column: str for column in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
     except UnicodeDecodeError:
         raise DatasetError(_not_utf8(path)) from None
     except OSError as err:
@@ -158,7 +158,7 @@ def _not_utf8(path: Path) -> str:
             offset += len(chunk)
 
 
-_SHAPES = "an array of records ([{\"Question\": ..., \"Complex_CoT\": ..., \"Response\": ...}, ...]) or JSON Lines (one such object per line)"
+_SHAPES = 'an array of records ([{"Question": ..., "Complex_CoT": ..., "Response": ...}, ...]) or JSON Lines (one such object per line)'
 
 
 def _too_deep(path: Path, where: str = "") -> DatasetError:
@@ -219,9 +219,7 @@ def _parse_json_lines(path: Path, text: str) -> list[dict]:
                 f"{path}: line {line_number} is not valid JSON (column {err.colno}: {err.msg}); expected {expected}"
             ) from err
         if not isinstance(record, dict):
-            raise DatasetError(
-                f"{path}: line {line_number} is a JSON {type(record).__name__}, expected one object per line"
-            )
+            raise DatasetError(f"{path}: line {line_number} is a JSON {type(record).__name__}, expected one object per line")
         records.append(record)
     return records
 

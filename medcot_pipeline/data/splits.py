@@ -42,9 +42,7 @@ def format_records(df: pd.DataFrame) -> pd.DataFrame:
     return formatted
 
 
-def split_train_validation(
-    df: pd.DataFrame, validation_size: int, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def split_train_validation(df: pd.DataFrame, validation_size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(train, validation, info): a seeded split by question that does not depend on row order.
 
     Questions with the same comparison key (data/text_comparison.py: differing only in case, whitespace, Unicode
@@ -74,8 +72,7 @@ def split_train_validation(
     actual = min(validation_size, cap)
     if actual < validation_size:
         reason = (
-            f"capped at {MAX_VALIDATION_SHARE:.0%} of {len(distinct)} distinct questions ({cap}) "
-            "so that most records stay for training"
+            f"capped at {MAX_VALIDATION_SHARE:.0%} of {len(distinct)} distinct questions ({cap}) so that most records stay for training"
         )
     else:
         reason = "as requested"

@@ -24,9 +24,7 @@ def record_token_lengths(tokenizer, df: pd.DataFrame) -> list[int]:
         example = training_example(tokenizer, question, target)
         if isinstance(example["prompt"], list):
             add_special_tokens = False
-            texts.append(
-                tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
-            )
+            texts.append(tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False))
         else:
             texts.append(example["prompt"] + example["completion"])
     lengths: list[int] = []

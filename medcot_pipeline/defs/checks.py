@@ -29,7 +29,8 @@ def raw_dataset_has_required_columns(raw_dataset: str) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset="formatted_splits", blocking=True,
+    asset="formatted_splits",
+    blocking=True,
     description="No question is in both train and validation, however its case, whitespace or Unicode form differs.",
 )
 def no_train_validation_overlap(formatted_splits: str) -> dg.AssetCheckResult:
@@ -42,7 +43,8 @@ def no_train_validation_overlap(formatted_splits: str) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset="formatted_splits", blocking=True,
+    asset="formatted_splits",
+    blocking=True,
     description="Every target has exactly one balanced `<think>` block followed by one `<response>` block.",
 )
 def targets_are_well_formed(formatted_splits: str) -> dg.AssetCheckResult:
@@ -53,7 +55,9 @@ def targets_are_well_formed(formatted_splits: str) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset="formatted_splits", description="The share of input rows dropped by cleaning and length limits stays under max_dropped_share.")
+@dg.asset_check(
+    asset="formatted_splits", description="The share of input rows dropped by cleaning and length limits stays under max_dropped_share."
+)
 def dropped_share_is_small(formatted_splits: str) -> dg.AssetCheckResult:
     summary = SplitsSummary.read(formatted_splits)
     threshold = summary.settings.max_dropped_share
@@ -72,13 +76,16 @@ def validation_size_as_configured(formatted_splits: str) -> dg.AssetCheckResult:
     # A smaller split is acceptable only when the asset stated why (small data).
     passed = summary.validation_rows == requested or note.startswith("capped")
     return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
         metadata={"requested": requested, "actual": summary.validation_rows, "note": note or "none"},
     )
 
 
 @dg.asset_check(
-    asset="formatted_splits", blocking=True, additional_ins={"benchmark_questions": dg.AssetIn("benchmark_questions")},
+    asset="formatted_splits",
+    blocking=True,
+    additional_ins={"benchmark_questions": dg.AssetIn("benchmark_questions")},
     description="No training record shares a 13-word run with a held-out record or a benchmark question "
     "(GPT-3 / OLMo decontamination; case, Unicode and spacing ignored).",
 )
@@ -112,7 +119,8 @@ def benchmark_revisions_pinned(benchmark_questions: str) -> dg.AssetCheckResult:
     sources = BenchmarkQuestions.read(benchmark_questions).sources
     unpinned = [s.name for s in sources if not s.stand_in and not re.fullmatch(r"[0-9a-f]{40}", s.revision or "")]
     return dg.AssetCheckResult(
-        passed=not unpinned, severity=dg.AssetCheckSeverity.WARN,
+        passed=not unpinned,
+        severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "unpinned": ", ".join(unpinned) or "none",
             "read_at": dg.MetadataValue.json({s.name: s.commit or "bundled" for s in sources}),
@@ -122,7 +130,9 @@ def benchmark_revisions_pinned(benchmark_questions: str) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset="rouge_report", blocking=True, additional_ins={"benchmark_report": dg.AssetIn("benchmark_report")},
+    asset="rouge_report",
+    blocking=True,
+    additional_ins={"benchmark_report": dg.AssetIn("benchmark_report")},
     description="Release gate on evidence: the 95% paired intervals of fine-tuned minus base (ROUGE-L gain, each "
     "benchmark's accuracy change) and the fine-tuned model's compliance and cut-off rate, against the profile's gate_* "
     "settings (evaluation/release_gate.py).",
@@ -133,8 +143,10 @@ def release_gate(rouge_report: str, benchmark_report: str) -> dg.AssetCheckResul
     if benchmark.merged_model_dir != report.merged_model_dir:
         return dg.AssetCheckResult(
             passed=False,
-            metadata={"decision": f"benchmark_report graded {benchmark.merged_model_dir}, rouge_report graded "
-                      f"{report.merged_model_dir}: materialize both again so the gate judges one model"},
+            metadata={
+                "decision": f"benchmark_report graded {benchmark.merged_model_dir}, rouge_report graded "
+                f"{report.merged_model_dir}: materialize both again so the gate judges one model"
+            },
         )
     decision = decide(report, benchmark)
     metadata: dict[str, Any] = {

@@ -88,8 +88,20 @@ def without_metadata(node: ast.stmt) -> ast.stmt:
     return node
 
 
-_BLOCKS = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.ExceptHandler, ast.match_case,
-           ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_BLOCKS = (
+    ast.If,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.With,
+    ast.AsyncWith,
+    ast.Try,
+    ast.ExceptHandler,
+    ast.match_case,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+)
 
 
 def _names_metadata(target: ast.AST) -> bool:

@@ -130,8 +130,9 @@ class MedcotInstance(dg.DagsterInstance):
         watching = self.__dict__.setdefault("_medcot_pool_watchers", set())
         if waits_on and not freed and (run_id, step_key, pool) not in watching:
             watching.add((run_id, step_key, pool))
-            threading.Thread(target=self._watch_pool, args=(run_id, step_key, pool), daemon=True,
-                             name=f"medcot-pool-watch-{run_id[:8]}").start()
+            threading.Thread(
+                target=self._watch_pool, args=(run_id, step_key, pool), daemon=True, name=f"medcot-pool-watch-{run_id[:8]}"
+            ).start()
 
     def _give_back_unusable_slots(self, pool: str, run_id: str) -> tuple[list[str], list[str]]:
         """(what was given back and why, who still holds the pool): frees the slots of a run that ended without giving

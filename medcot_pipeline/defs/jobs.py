@@ -83,10 +83,14 @@ def retraining_selection() -> dg.AssetSelection:
 
 
 medcot_pipeline_job = dg.define_asset_job(
-    "medcot_pipeline", selection=dg.AssetSelection.all(), description="Every asset, data to release.",
+    "medcot_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="Every asset, data to release.",
     run_tags=PROFILE_RUN_TAGS,
 )
 retraining_job = dg.define_asset_job(
-    "retraining", selection=retraining_selection(), description="Retrain, merge, evaluate and release.",
+    "retraining",
+    selection=retraining_selection(),
+    description="Retrain, merge, evaluate and release.",
     run_tags=PROFILE_RUN_TAGS,
 )

@@ -22,7 +22,9 @@ def metadata_value(entry: Entry) -> Any:
     if isinstance(entry, Markdown):
         return dg.MetadataValue.md(entry.text)
     if isinstance(entry, Table):
-        schema = dg.TableSchema(columns=[dg.TableColumn(name, kind, description=entry.descriptions.get(name)) for name, kind in entry.columns])
+        schema = dg.TableSchema(
+            columns=[dg.TableColumn(name, kind, description=entry.descriptions.get(name)) for name, kind in entry.columns]
+        )
         return dg.MetadataValue.table([dg.TableRecord(record) for record in entry.records], schema=schema)
     if isinstance(entry, Json):
         return dg.MetadataValue.json(entry.value)
@@ -57,16 +59,18 @@ def string_table(rows: list[dict[str, str]]) -> dg.MetadataValue:
 
 def benchmark_sources_table(sources) -> dg.MetadataValue:
     """What benchmark_questions holds: each benchmark, its questions, and the commit it was read at."""
-    return string_table([
-        {
-            "benchmark": source.title,
-            "questions": str(source.questions),
-            "skipped": str(source.skipped),
-            "read from": source.location,
-            "commit": source.commit or ("bundled with medcot" if source.stand_in else "not recorded"),
-        }
-        for source in sources
-    ])
+    return string_table(
+        [
+            {
+                "benchmark": source.title,
+                "questions": str(source.questions),
+                "skipped": str(source.skipped),
+                "read from": source.location,
+                "commit": source.commit or ("bundled with medcot" if source.stand_in else "not recorded"),
+            }
+            for source in sources
+        ]
+    )
 
 
 def model_card_markdown(card) -> dg.MetadataValue:

@@ -181,7 +181,10 @@ class WandbResource(dg.ConfigurableResource, WandbSettings):
 
 
 RESOURCE_TYPES: dict[str, type[dg.ConfigurableResource]] = {
-    "artifacts": ArtifactStore, "base_model": BaseModelResource, "hub": HubResource, "wandb": WandbResource,
+    "artifacts": ArtifactStore,
+    "base_model": BaseModelResource,
+    "hub": HubResource,
+    "wandb": WandbResource,
 }
 
 

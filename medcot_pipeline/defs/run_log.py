@@ -23,9 +23,15 @@ from medcot_pipeline.presentation.text import clock
 STEP_WIDTH = len("formatted_splits")  # the longest asset name: the step column lines up
 DagsterEventType = dg.DagsterEventType
 LIFECYCLE = {
-    DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
-    DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_RESTARTED, DagsterEventType.ASSET_CHECK_EVALUATION,
-    DagsterEventType.RUN_START, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED,
+    DagsterEventType.STEP_START,
+    DagsterEventType.STEP_SUCCESS,
+    DagsterEventType.STEP_FAILURE,
+    DagsterEventType.STEP_UP_FOR_RETRY,
+    DagsterEventType.STEP_RESTARTED,
+    DagsterEventType.ASSET_CHECK_EVALUATION,
+    DagsterEventType.RUN_START,
+    DagsterEventType.RUN_FAILURE,
+    DagsterEventType.RUN_CANCELED,
 }
 
 

@@ -57,10 +57,16 @@ def settings_changes(context: dg.SensorEvaluationContext):
         if reported.get(asset) == said:
             continue
         reported[asset] = said
-        events.append(dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey(asset), check_name=CHECK_NAME, passed=verdict["passed"],
-            severity=dg.AssetCheckSeverity.WARN, description=verdict["description"], metadata=verdict["metadata"],
-        ))
+        events.append(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey(asset),
+                check_name=CHECK_NAME,
+                passed=verdict["passed"],
+                severity=dg.AssetCheckSeverity.WARN,
+                description=verdict["description"],
+                metadata=verdict["metadata"],
+            )
+        )
     if not events:
         return dg.SkipReason("no asset's settings changed since they were last reported")
     return dg.SensorResult(asset_events=events, cursor=json.dumps(reported, sort_keys=True))

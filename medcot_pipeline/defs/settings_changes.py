@@ -81,8 +81,11 @@ def judge(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict | None:
     asset = asset_key.to_user_string()
     changes = changed_settings(recorded, profile_values(asset, set(recorded) - {asset}))
     if not changes:
-        return {"passed": True, "description": f"materialized with the settings of {PROFILE.path.name}",
-                "metadata": {"profile": PROFILE.path.name}}
+        return {
+            "passed": True,
+            "description": f"materialized with the settings of {PROFILE.path.name}",
+            "metadata": {"profile": PROFILE.path.name},
+        }
     return {
         "passed": False,
         "description": f"{len(changes)} setting(s) differ from {PROFILE.path.name}: {'; '.join(changes)}",
@@ -98,7 +101,8 @@ def judge(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict | None:
     name=CHECK_NAME,
     specs=[
         dg.AssetCheckSpec(
-            CHECK_NAME, asset=asset,
+            CHECK_NAME,
+            asset=asset,
             description="The settings of the latest materialization are the active profile's; when they are not (the "
             "asset shows Unsynced), the check names each setting that changed: `asset.setting before -> now`.",
         )

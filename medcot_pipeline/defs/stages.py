@@ -42,6 +42,7 @@ PLUMBING_RESOURCES = {
     "pipes_subprocess_client": "starts the training process; the code it runs (training/run.py) is imported by lora_adapter",
 }
 
+
 # The config classes: each stage's settings model as a `dg.Config`, so an asset hands its config to the
 # Dagster-free core as is. Their defaults are the settings model's; `stage_asset` gives Dagster the profile's.
 class RawDatasetConfig(dg.Config, settings.RawDatasetSettings):

@@ -62,8 +62,16 @@ def same_shapes(config, reference: str, log=logging) -> bool:
         other = AutoConfig.from_pretrained(reference)
     except (OSError, ValueError):
         return False
-    keys = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim")
+    keys = (
+        "architectures",
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    )
     mine, theirs = config.to_dict(), other.to_dict()
     differ: dict[str, object] = {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
     if any(getattr(c, "quantization_config", None) for c in (config, other)):

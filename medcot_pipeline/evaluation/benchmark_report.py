@@ -64,10 +64,13 @@ def write_benchmark_report(
     options = [json.loads(text) for text in rows["options"]]
     prompts = [benchmark_prompt(q, o, c) for q, o, c in zip(rows["question"], options, rows["context"], strict=True)]
     # The option log-likelihood prompt (lm-eval's) carries PubMedQA's abstract before its question.
-    likelihood_rows = pd.DataFrame({
-        "question": [f"{c}\n{q}" if isinstance(c, str) else q for q, c in zip(rows["question"], rows["context"], strict=True)],
-        "options": rows["options"], "answer_idx": rows["answer_idx"],
-    })
+    likelihood_rows = pd.DataFrame(
+        {
+            "question": [f"{c}\n{q}" if isinstance(c, str) else q for q, c in zip(rows["question"], rows["context"], strict=True)],
+            "options": rows["options"],
+            "answer_idx": rows["answer_idx"],
+        }
+    )
 
     models = {"fine_tuned": merged_model_path}
     if config.compare_with_base and base_model_ref:
@@ -96,7 +99,9 @@ def write_benchmark_report(
             cut_off[label] = [float(a.truncated) for a in run.answers]
             scores[label] = _scores_by_benchmark(rows, run, readings, correct[label], likelihood_correct[label])
             for i, (a, reading) in enumerate(zip(run.answers, readings, strict=True)):
-                answers_file.write(json.dumps(_answer_record(label, rows.iloc[i], a, reading, likelihood.chosen[i]), ensure_ascii=False) + "\n")
+                answers_file.write(
+                    json.dumps(_answer_record(label, rows.iloc[i], a, reading, likelihood.chosen[i]), ensure_ascii=False) + "\n"
+                )
             for benchmark in scores[label]:
                 log.info(
                     f"{label}, {benchmark.benchmark}: accuracy {benchmark.accuracy:.1%} (n={benchmark.n}; no choice "
@@ -122,7 +127,9 @@ def write_benchmark_report(
         base=scores.get("base", []),
         comparisons=comparisons,
         generation={
-            label: GenerationTotals(wall_seconds=run.wall_seconds, total_new_tokens=run.total_new_tokens, tokens_per_second=run.tokens_per_second)
+            label: GenerationTotals(
+                wall_seconds=run.wall_seconds, total_new_tokens=run.total_new_tokens, tokens_per_second=run.tokens_per_second
+            )
             for label, (run, _) in answered.items()
         },
         wall_seconds=time.perf_counter() - started,
@@ -143,15 +150,28 @@ def benchmark_comparisons(
         def pick(values: dict[str, list[float]], label: str, where: list[int] = where) -> list[float]:
             return [values[label][i] for i in where]
 
-        comparisons.append(compare(f"accuracy:{name}", f"{name} accuracy", pick(correct, "fine_tuned"), pick(correct, "base"), right_or_wrong=True))
-        comparisons.append(compare(
-            f"loglikelihood_accuracy:{name}", f"{name} accuracy by option log-likelihood",
-            pick(likelihood_correct, "fine_tuned"), pick(likelihood_correct, "base"), right_or_wrong=True,
-        ))
-        comparisons.append(compare(
-            f"cut_off_rate:{name}", f"{name} answers cut off", pick(cut_off, "fine_tuned"), pick(cut_off, "base"),
-            higher_is_better=False, right_or_wrong=True,
-        ))
+        comparisons.append(
+            compare(f"accuracy:{name}", f"{name} accuracy", pick(correct, "fine_tuned"), pick(correct, "base"), right_or_wrong=True)
+        )
+        comparisons.append(
+            compare(
+                f"loglikelihood_accuracy:{name}",
+                f"{name} accuracy by option log-likelihood",
+                pick(likelihood_correct, "fine_tuned"),
+                pick(likelihood_correct, "base"),
+                right_or_wrong=True,
+            )
+        )
+        comparisons.append(
+            compare(
+                f"cut_off_rate:{name}",
+                f"{name} answers cut off",
+                pick(cut_off, "fine_tuned"),
+                pick(cut_off, "base"),
+                higher_is_better=False,
+                right_or_wrong=True,
+            )
+        )
     return comparisons
 
 
@@ -162,16 +182,18 @@ def _scores_by_benchmark(
     for name, group in rows.groupby("benchmark", sort=False):
         where = group.index.tolist()
         no_choice = {rule: sum(readings[i].rule == rule for i in where) for rule in NO_CHOICE_RULES}
-        scores.append(BenchmarkScores(
-            benchmark=str(name),
-            n=len(where),
-            accuracy=sum(correct[i] for i in where) / len(where),
-            correct=int(sum(correct[i] for i in where)),
-            no_choice=no_choice,
-            cut_off_rate=no_choice["cut off"] / len(where),
-            loglikelihood_accuracy=sum(likelihood_correct[i] for i in where) / len(where),
-            mean_output_tokens=sum(run.answers[i].new_tokens for i in where) / len(where),
-        ))
+        scores.append(
+            BenchmarkScores(
+                benchmark=str(name),
+                n=len(where),
+                accuracy=sum(correct[i] for i in where) / len(where),
+                correct=int(sum(correct[i] for i in where)),
+                no_choice=no_choice,
+                cut_off_rate=no_choice["cut off"] / len(where),
+                loglikelihood_accuracy=sum(likelihood_correct[i] for i in where) / len(where),
+                mean_output_tokens=sum(run.answers[i].new_tokens for i in where) / len(where),
+            )
+        )
     return scores
 
 

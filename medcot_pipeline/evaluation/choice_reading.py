@@ -160,6 +160,7 @@ def _contains_words(text: str, words: str) -> bool:
 def _drop_contained(letters: list[str], keyed: Mapping[str, str]) -> list[str]:
     """Options whose text is part of another named option's text ("iron" in "iron deficiency") name nothing of their own."""
     return [
-        letter for letter in letters
+        letter
+        for letter in letters
         if not any(other != letter and keyed[letter] != keyed[other] and _contains_words(keyed[other], keyed[letter]) for other in letters)
     ]

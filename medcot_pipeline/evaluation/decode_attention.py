@@ -32,15 +32,38 @@ NAME = "grouped_triton"
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, M, Out, Lse,
-    stride_qb, stride_qh, stride_qg,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_mb, stride_mn,
-    stride_ob, stride_oh, stride_os, stride_og,
-    stride_lb, stride_lh, stride_ls,
-    kv_heads, kv_len, scale,
-    SPLIT_LEN: tl.constexpr, GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    Q,
+    K,
+    V,
+    M,
+    Out,
+    Lse,
+    stride_qb,
+    stride_qh,
+    stride_qg,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_mb,
+    stride_mn,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_og,
+    stride_lb,
+    stride_lh,
+    stride_ls,
+    kv_heads,
+    kv_len,
+    scale,
+    SPLIT_LEN: tl.constexpr,
+    GROUPS: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -50,8 +73,7 @@ def _split_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
     g_ok = offs_g < GROUPS
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * stride_qg + offs_d[None, :],
-                mask=g_ok[:, None], other=0.0)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * stride_qg + offs_d[None, :], mask=g_ok[:, None], other=0.0)
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
@@ -62,8 +84,7 @@ def _split_kernel(
         in_range = n < end
         keep = tl.load(M + b * stride_mb + n * stride_mn, mask=in_range, other=0) != 0
         if tl.max(keep.to(tl.int32), axis=0) > 0:  # a fully masked tile costs no K/V read
-            k = tl.load(K + b * stride_kb + h * stride_kh + n[:, None] * stride_kn + offs_d[None, :],
-                        mask=keep[:, None], other=0.0)
+            k = tl.load(K + b * stride_kb + h * stride_kh + n[:, None] * stride_kn + offs_d[None, :], mask=keep[:, None], other=0.0)
             # The product stays float32 however the scale arrives (torch.compile passes Python floats as fp64).
             s = (tl.dot(q, tl.trans(k)).to(tl.float32) * scale).to(tl.float32)
             s = tl.where(keep[None, :], s, float("-inf"))
@@ -72,26 +93,39 @@ def _split_kernel(
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(V + b * stride_vb + h * stride_vh + n[:, None] * stride_vn + offs_d[None, :],
-                        mask=keep[:, None], other=0.0)
+            v = tl.load(V + b * stride_vb + h * stride_vh + n[:, None] * stride_vn + offs_d[None, :], mask=keep[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
             m_i = m_new
     # Partial result of this split: unnormalised acc / l and its log-sum-exp (-inf where nothing was kept).
     lse = tl.where(l_i > 0, m_i + tl.log(l_i), float("-inf"))
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(Out + b * stride_ob + h * stride_oh + split * stride_os + offs_g[:, None] * stride_og + offs_d[None, :],
-             out, mask=g_ok[:, None])
+    tl.store(
+        Out + b * stride_ob + h * stride_oh + split * stride_os + offs_g[:, None] * stride_og + offs_d[None, :], out, mask=g_ok[:, None]
+    )
     tl.store(Lse + b * stride_lb + h * stride_lh + split * stride_ls + offs_g, lse, mask=g_ok)
 
 
 @triton.jit
 def _combine_kernel(
-    Part, Lse, Out,
-    stride_pb, stride_ph, stride_ps, stride_pg,
-    stride_lb, stride_lh, stride_ls,
-    stride_ob, stride_oh, stride_og,
-    kv_heads, n_splits,
-    GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+    Part,
+    Lse,
+    Out,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_pg,
+    stride_lb,
+    stride_lh,
+    stride_ls,
+    stride_ob,
+    stride_oh,
+    stride_og,
+    kv_heads,
+    n_splits,
+    GROUPS: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // kv_heads
@@ -101,21 +135,30 @@ def _combine_kernel(
     offs_s = tl.arange(0, BLOCK_S)
     g_ok = offs_g < GROUPS
     s_ok = offs_s < n_splits
-    lse = tl.load(Lse + b * stride_lb + h * stride_lh + offs_s[:, None] * stride_ls + offs_g[None, :],
-                  mask=s_ok[:, None] & g_ok[None, :], other=float("-inf"))  # [S, G]
+    lse = tl.load(
+        Lse + b * stride_lb + h * stride_lh + offs_s[:, None] * stride_ls + offs_g[None, :],
+        mask=s_ok[:, None] & g_ok[None, :],
+        other=float("-inf"),
+    )  # [S, G]
     m = tl.max(lse, axis=0)  # [G]
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp(lse - m_safe[None, :])  # [S, G]; 0 for empty splits
     total = tl.sum(w, axis=0)
     acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
     for s in range(0, BLOCK_S):  # constexpr bound; splits past n_splits carry weight 0
-        part = tl.load(Part + b * stride_pb + h * stride_ph + s * stride_ps + offs_g[:, None] * stride_pg + offs_d[None, :],
-                       mask=g_ok[:, None] & (s < n_splits), other=0.0)
+        part = tl.load(
+            Part + b * stride_pb + h * stride_ph + s * stride_ps + offs_g[:, None] * stride_pg + offs_d[None, :],
+            mask=g_ok[:, None] & (s < n_splits),
+            other=0.0,
+        )
         ws = tl.sum(tl.where(offs_s[:, None] == s, w, 0.0), axis=0)  # [G]
         acc += part * ws[:, None]
     acc = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(Out + b * stride_ob + h * stride_oh + offs_g[:, None] * stride_og + offs_d[None, :],
-             acc.to(Out.dtype.element_ty), mask=g_ok[:, None])
+    tl.store(
+        Out + b * stride_ob + h * stride_oh + offs_g[:, None] * stride_og + offs_d[None, :],
+        acc.to(Out.dtype.element_ty),
+        mask=g_ok[:, None],
+    )
 
 
 def grouped_decode_attention(query, key, value, keep_mask, scale=None, split_len: int = 256, block_n: int = 64):
@@ -131,30 +174,68 @@ def grouped_decode_attention(query, key, value, keep_mask, scale=None, split_len
     part = torch.empty((batch, kv_heads, n_splits, groups, head_dim), device=query.device, dtype=torch.float32)
     lse = torch.empty((batch, kv_heads, n_splits, groups), device=query.device, dtype=torch.float32)
     _split_kernel[(batch * kv_heads, n_splits)](
-        query, key, value, keep_mask, part, lse,
-        query.stride(0), query.stride(1), query.stride(2),
-        key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2),
-        keep_mask.stride(0), keep_mask.stride(1),
-        part.stride(0), part.stride(1), part.stride(2), part.stride(3),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        kv_heads, kv_len, scale,
-        SPLIT_LEN=split_len, GROUPS=groups, BLOCK_G=block_g, BLOCK_N=block_n, HEAD_DIM=head_dim,
+        query,
+        key,
+        value,
+        keep_mask,
+        part,
+        lse,
+        query.stride(0),
+        query.stride(1),
+        query.stride(2),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        value.stride(0),
+        value.stride(1),
+        value.stride(2),
+        keep_mask.stride(0),
+        keep_mask.stride(1),
+        part.stride(0),
+        part.stride(1),
+        part.stride(2),
+        part.stride(3),
+        lse.stride(0),
+        lse.stride(1),
+        lse.stride(2),
+        kv_heads,
+        kv_len,
+        scale,
+        SPLIT_LEN=split_len,
+        GROUPS=groups,
+        BLOCK_G=block_g,
+        BLOCK_N=block_n,
+        HEAD_DIM=head_dim,
     )
     out = torch.empty_like(query)
     _combine_kernel[(batch * kv_heads,)](
-        part, lse, out,
-        part.stride(0), part.stride(1), part.stride(2), part.stride(3),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        kv_heads, n_splits,
-        GROUPS=groups, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_S=1 << max(n_splits - 1, 0).bit_length(),
+        part,
+        lse,
+        out,
+        part.stride(0),
+        part.stride(1),
+        part.stride(2),
+        part.stride(3),
+        lse.stride(0),
+        lse.stride(1),
+        lse.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        kv_heads,
+        n_splits,
+        GROUPS=groups,
+        BLOCK_G=block_g,
+        HEAD_DIM=head_dim,
+        BLOCK_S=1 << max(n_splits - 1, 0).bit_length(),
     )
     return out
 
 
 @torch.library.custom_op("medcot::grouped_decode_attention", mutates_args=())
-def grouped_decode_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep_mask: torch.Tensor, scale: float) -> torch.Tensor:
+def grouped_decode_attention_op(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep_mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """`grouped_decode_attention` as an operator torch.compile does not look into: Dynamo sees a call with a known
     output shape instead of tracing the Triton launches. Inductor then compiled the decode step in 34 s instead of
     50 s on an H100, generating as fast (benchmarks/README.md, call 21), and backends without Inductor can

@@ -83,7 +83,9 @@ def load_for_inference(
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, ModelLoadError):
             raise
-        raise ModelLoadError(f"cannot load the model {model_ref}{f' with adapter {adapter_dir}' if adapter_dir else ''}: {_first_line(err)}") from err
+        raise ModelLoadError(
+            f"cannot load the model {model_ref}{f' with adapter {adapter_dir}' if adapter_dir else ''}: {_first_line(err)}"
+        ) from err
     model.eval()
     return model, tokenizer
 
@@ -126,15 +128,17 @@ def encode_prompt(tokenizer, question: str, budget: int | None, *, label: str = 
     keep = budget - overhead
     while keep >= 2:
         head = keep // 2
-        shortened = (
-            tokenizer.decode(question_ids[:head]) + _ELISION + tokenizer.decode(question_ids[len(question_ids) - (keep - head) :])
-        )
+        shortened = tokenizer.decode(question_ids[:head]) + _ELISION + tokenizer.decode(question_ids[len(question_ids) - (keep - head) :])
         shortened_ids = _encode(tokenizer, render_prompt(tokenizer, shortened))
         if len(shortened_ids) <= budget:
             logger.warning(
                 "%s: the prompt has %d tokens but the context leaves room for %d; kept the first %d and last %d "
                 "tokens of the question and cut the middle",
-                label, len(ids), budget, head, keep - head,
+                label,
+                len(ids),
+                budget,
+                head,
+                keep - head,
             )
             return shortened_ids, True
         # Re-tokenising across the cut can merge or split tokens; shrink by the overshoot and retry.
@@ -267,8 +271,15 @@ def defer_stop_check(enabled: bool = True) -> None:
 
 
 def generate_token_ids(
-    model, tokenizer, prompts: list[list[int]], *, batch_size: int, streamer=None, end_closed_at: int | None = None,
-    progress: Progress | None = None, **generate_kwargs,
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    streamer=None,
+    end_closed_at: int | None = None,
+    progress: Progress | None = None,
+    **generate_kwargs,
 ) -> list[tuple[list[int], bool]]:
     """For each prompt, the new token ids and whether a stop token ended them, in prompt order.
 
@@ -310,13 +321,22 @@ def generate_token_ids(
             stopping["stopping_criteria"] = StoppingCriteriaList(criteria)
         with torch.inference_mode():
             output = model.generate(
-                **inputs, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
-                **stopping, **generate_kwargs,
+                **inputs,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                streamer=streamer,
+                **stopping,
+                **generate_kwargs,
             )
         new = output[: len(batch), inputs["input_ids"].shape[1] :].tolist()
         for row, (index, ids) in enumerate(zip(batch, new, strict=True)):
             end = next((pos for pos, token in enumerate(ids) if token in stop_ids), None)
-            if ending is not None and ending.closed_at_limit is not None and ending.closed_at_limit[row] and (end is None or end >= ending.limit):
+            if (
+                ending is not None
+                and ending.closed_at_limit is not None
+                and ending.closed_at_limit[row]
+                and (end is None or end >= ending.limit)
+            ):
                 results[index] = (ids[: ending.limit], False)  # ended at the limit by the rule above, not by a stop token
             else:
                 results[index] = (ids, False) if end is None else (ids[: end + 1], True)
@@ -354,14 +374,22 @@ def generate_answers(
     started = time.perf_counter()
     limit, more = config.max_new_tokens, config.continuation_tokens
     generated = generate_token_ids(
-        model, tokenizer, prompts, batch_size=config.batch_size, streamer=streamer, progress=progress,
-        max_new_tokens=limit + more, end_closed_at=limit if more > 0 else None, **kwargs,
+        model,
+        tokenizer,
+        prompts,
+        batch_size=config.batch_size,
+        streamer=streamer,
+        progress=progress,
+        max_new_tokens=limit + more,
+        end_closed_at=limit if more > 0 else None,
+        **kwargs,
     )
     new_ids = [ids for ids, _ in generated]
     stopped = [done for _, done in generated]
     # Continued: it reached max_new_tokens without a stop token and with </response> still open.
     open_at_limit = [
-        i for i, ids in enumerate(new_ids)
+        i
+        for i, ids in enumerate(new_ids)
         if len(ids) >= limit and not (stopped[i] and len(ids) == limit) and RESPONSE_CLOSE not in tokenizer.decode(ids[:limit])
     ]
     wall = time.perf_counter() - started

@@ -85,10 +85,12 @@ def score_answers(answers: Sequence[GeneratedAnswer], references: pd.DataFrame) 
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} reference rows")
     require_columns(references, ("response", "target"), "reference rows")
-    return pd.DataFrame({
-        "rouge_l_response": rouge_l_f1([graded_response(a) for a in answers], references["response"].tolist()),
-        "rouge_l_full": rouge_l_f1([a.text for a in answers], references["target"].tolist()),
-    })
+    return pd.DataFrame(
+        {
+            "rouge_l_response": rouge_l_f1([graded_response(a) for a in answers], references["response"].tolist()),
+            "rouge_l_full": rouge_l_f1([a.text for a in answers], references["target"].tolist()),
+        }
+    )
 
 
 def summarize(answers: Sequence[GeneratedAnswer], references_df: pd.DataFrame, scores: pd.DataFrame | None = None) -> dict:

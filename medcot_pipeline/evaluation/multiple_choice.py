@@ -126,8 +126,11 @@ def score_multiple_choice(model, tokenizer, rows: pd.DataFrame, *, batch_size: i
         chosen[i] = max(scores, key=scores.__getitem__)  # ties go to the earlier letter, as numpy's argmax in lm-eval
     correct = [float(chosen[i] == letter) for i, letter in zip(scored, letters, strict=True)]
     return MultipleChoiceScores(
-        accuracy=sum(correct) / len(scored) if scored else None, n=len(scored), chosen=chosen,
-        loglikelihoods=loglikelihoods, correct=correct,
+        accuracy=sum(correct) / len(scored) if scored else None,
+        n=len(scored),
+        chosen=chosen,
+        loglikelihoods=loglikelihoods,
+        correct=correct,
     )
 
 
@@ -198,8 +201,11 @@ def _last_log_probs(model, tokenizer, batch: list[tuple[int, ...]], keep: int) -
     device = model.device
     with torch.inference_mode():
         logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            position_ids=position_ids.to(device), logits_to_keep=keep, use_cache=False,
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            logits_to_keep=keep,
+            use_cache=False,
         ).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
     return [log_probs[row, keep - min(keep, len(ids)) :] for row, ids in enumerate(batch)]

@@ -41,7 +41,12 @@ def verdict(low: float, high: float, higher_is_better: bool) -> Verdict:
 
 
 def bootstrap_interval(
-    fine_tuned: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+    fine_tuned: Sequence[float] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """The paired bootstrap interval of mean(fine_tuned) - mean(base): questions resampled with their pair.
 
@@ -63,15 +68,18 @@ def _bootstrap(differences: np.ndarray, confidence: float, resamples: int, seed:
         # scipy warns (DegenerateDataWarning) and returns NaN where BCa cannot be computed; the caller falls back.
         warnings.simplefilter("ignore")
         result = stats.bootstrap(
-            (differences,), np.mean, confidence_level=confidence, n_resamples=resamples, method=method,
-            vectorized=True, **{_RNG_ARGUMENT: np.random.default_rng(seed)},
+            (differences,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method=method,
+            vectorized=True,
+            **{_RNG_ARGUMENT: np.random.default_rng(seed)},
         )
     return result.confidence_interval.low, result.confidence_interval.high
 
 
-def mcnemar_exact_p(
-    fine_tuned_correct: Sequence[bool] | np.ndarray, base_correct: Sequence[bool] | np.ndarray
-) -> tuple[float, int, int]:
+def mcnemar_exact_p(fine_tuned_correct: Sequence[bool] | np.ndarray, base_correct: Sequence[bool] | np.ndarray) -> tuple[float, int, int]:
     """(two-sided exact McNemar p, questions only the fine-tuned model got right, questions only the base got right).
 
     The exact test is a binomial test on the discordant pairs: under "no difference" each is equally likely
@@ -99,8 +107,15 @@ def _paired_arrays(
 
 
 def compare(
-    metric: str, label: str, fine_tuned: Sequence[float], base: Sequence[float], *, higher_is_better: bool = True,
-    right_or_wrong: bool = False, confidence: float = CONFIDENCE, seed: int = 0,
+    metric: str,
+    label: str,
+    fine_tuned: Sequence[float],
+    base: Sequence[float],
+    *,
+    higher_is_better: bool = True,
+    right_or_wrong: bool = False,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
 ) -> PairedComparison:
     """One metric, fine-tuned minus base over the same questions, with its interval and verdict; for
     right/wrong outcomes (accuracy, compliance) also McNemar's exact p."""
@@ -111,7 +126,16 @@ def compare(
         p, tuned_only, base_only = mcnemar_exact_p(tuned, base_)
         extra = {"mcnemar_p": p, "fine_tuned_only": tuned_only, "base_only": base_only}
     return PairedComparison(
-        metric=metric, label=label, higher_is_better=higher_is_better, n=int(tuned.size),
-        base=float(base_.mean()), fine_tuned=float(tuned.mean()), difference=float(tuned.mean() - base_.mean()),
-        low=low, high=high, confidence=confidence, verdict=verdict(low, high, higher_is_better), **extra,
+        metric=metric,
+        label=label,
+        higher_is_better=higher_is_better,
+        n=int(tuned.size),
+        base=float(base_.mean()),
+        fine_tuned=float(tuned.mean()),
+        difference=float(tuned.mean() - base_.mean()),
+        low=low,
+        high=high,
+        confidence=confidence,
+        verdict=verdict(low, high, higher_is_better),
+        **extra,
     )

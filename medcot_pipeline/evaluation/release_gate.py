@@ -26,40 +26,62 @@ def decide(report: EvaluationReport, benchmarks: BenchmarkReport | None = None) 
     held_out = {comparison.metric: comparison for comparison in report.comparisons}
 
     if settings.gate_rouge_l_lower_bound is not None:
-        criteria.append(_interval_criterion(
-            "ROUGE-L (response) gain, lower end of its 95% interval", held_out.get("rouge_l_response"),
-            settings.gate_rouge_l_lower_bound, missing="needs the base model's answers (compare_with_base)",
-        ))
+        criteria.append(
+            _interval_criterion(
+                "ROUGE-L (response) gain, lower end of its 95% interval",
+                held_out.get("rouge_l_response"),
+                settings.gate_rouge_l_lower_bound,
+                missing="needs the base model's answers (compare_with_base)",
+            )
+        )
     if settings.gate_accuracy_lower_bound is not None:
         comparisons = [c for c in (benchmarks.comparisons if benchmarks else []) if c.metric.startswith("accuracy:")]
         if not comparisons:
             missing = "no benchmark answered by both models (benchmark_report)" if benchmarks else "benchmark_report was not read"
-            criteria.append(_interval_criterion("benchmark accuracy change, lower end of its 95% interval", None,
-                                                settings.gate_accuracy_lower_bound, missing=missing))
+            criteria.append(
+                _interval_criterion(
+                    "benchmark accuracy change, lower end of its 95% interval", None, settings.gate_accuracy_lower_bound, missing=missing
+                )
+            )
         for comparison in comparisons:
-            criteria.append(_interval_criterion(
-                f"{comparison.label} change, lower end of its 95% interval", comparison, settings.gate_accuracy_lower_bound,
-                missing="",
-            ))
+            criteria.append(
+                _interval_criterion(
+                    f"{comparison.label} change, lower end of its 95% interval",
+                    comparison,
+                    settings.gate_accuracy_lower_bound,
+                    missing="",
+                )
+            )
     if settings.gate_format_compliance_floor is not None:
         value = report.fine_tuned.format_compliance
-        criteria.append(GateCriterion(
-            name="format compliance (fine-tuned)", threshold=settings.gate_format_compliance_floor, direction=">=",
-            value=value, passed=value >= settings.gate_format_compliance_floor,
-        ))
+        criteria.append(
+            GateCriterion(
+                name="format compliance (fine-tuned)",
+                threshold=settings.gate_format_compliance_floor,
+                direction=">=",
+                value=value,
+                passed=value >= settings.gate_format_compliance_floor,
+            )
+        )
     if settings.gate_truncation_rate_ceiling is not None:
         value = report.fine_tuned.truncation_rate
-        criteria.append(GateCriterion(
-            name="cut-off rate (fine-tuned)", threshold=settings.gate_truncation_rate_ceiling, direction="<=",
-            value=value, passed=value <= settings.gate_truncation_rate_ceiling,
-        ))
+        criteria.append(
+            GateCriterion(
+                name="cut-off rate (fine-tuned)",
+                threshold=settings.gate_truncation_rate_ceiling,
+                direction="<=",
+                value=value,
+                passed=value <= settings.gate_truncation_rate_ceiling,
+            )
+        )
 
     failed = [criterion for criterion in criteria if not criterion.passed]
     reasons = [_reason(criterion) for criterion in failed]
     if not settings.gate_enabled:
         would = f"it would have failed on {len(failed)} of {len(criteria)} criteria" if failed else "it would have passed"
-        return GateDecision(status="disabled", criteria=criteria,
-                            reasons=[f"the gate is off (gate_enabled: false) and blocks nothing; {would}", *reasons])
+        return GateDecision(
+            status="disabled", criteria=criteria, reasons=[f"the gate is off (gate_enabled: false) and blocks nothing; {would}", *reasons]
+        )
     return GateDecision(status="failed" if failed else "passed", criteria=criteria, reasons=reasons)
 
 
@@ -67,7 +89,11 @@ def _interval_criterion(name: str, comparison: PairedComparison | None, threshol
     if comparison is None:
         return GateCriterion(name=name, threshold=threshold, direction=">=", value=None, passed=False, note=f"not measured: {missing}")
     return GateCriterion(
-        name=name, threshold=threshold, direction=">=", value=comparison.low, passed=comparison.low >= threshold,
+        name=name,
+        threshold=threshold,
+        direction=">=",
+        value=comparison.low,
+        passed=comparison.low >= threshold,
         note=f"change {comparison.difference:+.3f}, 95% interval {comparison.low:+.3f} to {comparison.high:+.3f} (n={comparison.n}): {comparison.verdict}",
     )
 

@@ -99,25 +99,35 @@ def write_rouge_report(
             f"(95% interval {comparison.low:+.4f} to {comparison.high:+.4f}): {comparison.verdict}"
         )
     report = EvaluationReport(
-        n=len(rows), models=models, merged_model_dir=merged_model_location or str(merged_model_path), settings=config,
-        fine_tuned=scores["fine_tuned"], base=scores.get("base"), comparisons=comparisons, code_version=code_version,
+        n=len(rows),
+        models=models,
+        merged_model_dir=merged_model_location or str(merged_model_path),
+        settings=config,
+        fine_tuned=scores["fine_tuned"],
+        base=scores.get("base"),
+        comparisons=comparisons,
+        code_version=code_version,
     )
     report.write(out_dir)
     return report
 
 
-def paired_comparisons(
-    tuned: pd.DataFrame, base: pd.DataFrame, tuned_mc: list[float], base_mc: list[float]
-) -> list[PairedComparison]:
+def paired_comparisons(tuned: pd.DataFrame, base: pd.DataFrame, tuned_mc: list[float], base_mc: list[float]) -> list[PairedComparison]:
     """Fine-tuned minus base for every per-answer metric, and for the option log-likelihood accuracy over the
     rows both models were scored on, each with its paired interval."""
     comparisons = []
     for metric in METRICS:
         if metric.key in tuned.columns:
-            comparisons.append(compare(
-                metric.key, metric.label, tuned[metric.key].tolist(), base[metric.key].tolist(),
-                higher_is_better=metric.higher_is_better, right_or_wrong=metric.key in RIGHT_OR_WRONG,
-            ))
+            comparisons.append(
+                compare(
+                    metric.key,
+                    metric.label,
+                    tuned[metric.key].tolist(),
+                    base[metric.key].tolist(),
+                    higher_is_better=metric.higher_is_better,
+                    right_or_wrong=metric.key in RIGHT_OR_WRONG,
+                )
+            )
     if tuned_mc and len(tuned_mc) == len(base_mc):
         metric = next(m for m in METRICS if m.key == "mc_accuracy")
         comparisons.append(compare(metric.key, metric.label, tuned_mc, base_mc, right_or_wrong=True))
@@ -165,9 +175,7 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _sample_records(
-    label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores, scores: pd.DataFrame
-) -> list[dict]:
+def _sample_records(label: str, run: GenerationRun, rows: pd.DataFrame, choices: MultipleChoiceScores, scores: pd.DataFrame) -> list[dict]:
     records = []
     for i, answer in enumerate(run.answers):
         record = {

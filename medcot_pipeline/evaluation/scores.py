@@ -60,14 +60,16 @@ def comparison_rows(report: EvaluationReport) -> list[dict[str, str]]:
         if metric.key == "mc_accuracy":
             label += f" (n={report.fine_tuned.mc_n})"
         interval = intervals.get(metric.key)
-        rows.append({
-            "metric": label,
-            "better": "higher" if metric.higher_is_better else "lower",
-            "base": format_value(metric, base),
-            "fine-tuned": format_value(metric, tuned),
-            "change (95% interval)": "" if base is None or tuned is None else change_text(metric.percent, tuned - base, interval),
-            "verdict": interval.verdict if interval else ("" if base is None else "no interval"),
-        })
+        rows.append(
+            {
+                "metric": label,
+                "better": "higher" if metric.higher_is_better else "lower",
+                "base": format_value(metric, base),
+                "fine-tuned": format_value(metric, tuned),
+                "change (95% interval)": "" if base is None or tuned is None else change_text(metric.percent, tuned - base, interval),
+                "verdict": interval.verdict if interval else ("" if base is None else "no interval"),
+            }
+        )
     return rows
 
 
@@ -88,7 +90,7 @@ def comparison_table(report: EvaluationReport) -> str:
 
 
 def change_text(percent: bool, delta: float, interval: PairedComparison | None) -> str:
-    """"+4.2 pts [+1.0, +7.5]" or "+0.031 [+0.012, +0.050]": the change and, where measured, its 95% interval."""
+    """ "+4.2 pts [+1.0, +7.5]" or "+0.031 [+0.012, +0.050]": the change and, where measured, its 95% interval."""
     if percent:
         text = f"{delta * 100:+.1f} pts"
         return text + (f" [{interval.low * 100:+.1f}, {interval.high * 100:+.1f}]" if interval else "")
@@ -111,20 +113,25 @@ def benchmark_rows(report: BenchmarkReport) -> list[dict[str, str]]:
     for tuned in report.fine_tuned:
         other = base.get(tuned.benchmark)
         interval = intervals.get(f"accuracy:{tuned.benchmark}")
-        rows.append({
-            "benchmark": titles.get(tuned.benchmark, tuned.benchmark),
-            "n": str(tuned.n),
-            "base": f"{other.accuracy:.1%}" if other else "n/a",
-            "fine-tuned": f"{tuned.accuracy:.1%}",
-            "change (95% interval)": change_text(True, tuned.accuracy - other.accuracy, interval) if other else "",
-            "verdict": interval.verdict if interval else "",
-            "McNemar p": f"{interval.mcnemar_p:.3g}" if interval and interval.mcnemar_p is not None else "",
-            "no choice (base / fine-tuned)": f"{sum(other.no_choice.values()) if other else 'n/a'} / {sum(tuned.no_choice.values())}",
-            "option log-likelihood (base / fine-tuned)": (
-                f"{other.loglikelihood_accuracy:.1%} / {tuned.loglikelihood_accuracy:.1%}" if other and other.loglikelihood_accuracy is not None
-                else f"n/a / {tuned.loglikelihood_accuracy:.1%}" if tuned.loglikelihood_accuracy is not None else ""
-            ),
-        })
+        rows.append(
+            {
+                "benchmark": titles.get(tuned.benchmark, tuned.benchmark),
+                "n": str(tuned.n),
+                "base": f"{other.accuracy:.1%}" if other else "n/a",
+                "fine-tuned": f"{tuned.accuracy:.1%}",
+                "change (95% interval)": change_text(True, tuned.accuracy - other.accuracy, interval) if other else "",
+                "verdict": interval.verdict if interval else "",
+                "McNemar p": f"{interval.mcnemar_p:.3g}" if interval and interval.mcnemar_p is not None else "",
+                "no choice (base / fine-tuned)": f"{sum(other.no_choice.values()) if other else 'n/a'} / {sum(tuned.no_choice.values())}",
+                "option log-likelihood (base / fine-tuned)": (
+                    f"{other.loglikelihood_accuracy:.1%} / {tuned.loglikelihood_accuracy:.1%}"
+                    if other and other.loglikelihood_accuracy is not None
+                    else f"n/a / {tuned.loglikelihood_accuracy:.1%}"
+                    if tuned.loglikelihood_accuracy is not None
+                    else ""
+                ),
+            }
+        )
     return rows
 
 

@@ -101,7 +101,9 @@ def answers_table(samples_path: Path, width: int = 300) -> Table:
         for label, title in MODELS:
             if label in models:
                 sample = models[label]
-                rows.append((f"{title}: ROUGE-L {score_text(sample.get('rouge_l_response'))}; {answer_flags(sample).text()}", _graded_text(sample)))
+                rows.append(
+                    (f"{title}: ROUGE-L {score_text(sample.get('rouge_l_response'))}; {answer_flags(sample).text()}", _graded_text(sample))
+                )
         records += [{"#": index + 1, "from": who, "text": shorten(text, width)} for who, text in rows]
     return Table(
         columns=(("#", "int"), ("from", "string"), ("text", "string")),
@@ -175,13 +177,18 @@ def answer_card(sample: dict, title: str, total: int) -> Markdown:
     """One answer, short enough to show inline on a page (under 1,000 characters): the question, what the model
     answered (the response in bold, or the output as written when malformed) and the reference."""
     flags = answer_flags(sample)
-    answer = (f"**{escape_markdown(shorten(sample.get('response'), 280))}**" if sample.get("compliant")
-              else f"_as written:_ {escape_markdown(shorten(sample.get('output'), 280))}")
-    text = "\n\n".join([
-        f"**{title}**: question {sample.get('index', 0) + 1} of {total}, ROUGE-L {score_text(sample.get('rouge_l_response'))}, "
-        f"{escape_markdown(flags.text())}",
-        f"Q: {escape_markdown(shorten(sample.get('question'), 180))}",
-        f"A: {answer}",
-        f"Reference: {escape_markdown(shorten(sample.get('reference'), 200))}",
-    ])
+    answer = (
+        f"**{escape_markdown(shorten(sample.get('response'), 280))}**"
+        if sample.get("compliant")
+        else f"_as written:_ {escape_markdown(shorten(sample.get('output'), 280))}"
+    )
+    text = "\n\n".join(
+        [
+            f"**{title}**: question {sample.get('index', 0) + 1} of {total}, ROUGE-L {score_text(sample.get('rouge_l_response'))}, "
+            f"{escape_markdown(flags.text())}",
+            f"Q: {escape_markdown(shorten(sample.get('question'), 180))}",
+            f"A: {answer}",
+            f"Reference: {escape_markdown(shorten(sample.get('reference'), 200))}",
+        ]
+    )
     return Markdown(text)

@@ -97,7 +97,9 @@ def loss_svg(series: LossSeries, width: int = CHART_WIDTH, height: int = CHART_H
             # Left of points in the right half, right of the others; below a point at the very top.
             ty = cy - 9 if cy > top + 14 else cy + 18
             anchor = " text-anchor='end'" if cx > (left + right) / 2 else ""
-            labels.append(f"<text x='{cx - 7 if anchor else cx + 7}' y='{ty}'{anchor}>{_eval_label(step, loss, series, svg=True, short=short)}</text>")
+            labels.append(
+                f"<text x='{cx - 7 if anchor else cx + 7}' y='{ty}'{anchor}>{_eval_label(step, loss, series, svg=True, short=short)}</text>"
+            )
     if evals:
         parts.append(
             f"<g fill='orangered'><path stroke='orangered' stroke-width='10' stroke-linecap='round' d='{''.join(dots)}'/>"
@@ -144,8 +146,15 @@ def loss_curve_png(series: LossSeries, path: str | Path) -> Path:
     if series.evals:
         axes.plot([s for s, _ in series.evals], [v for _, v in series.evals], "o", color="#ea580c", label="eval loss")
         for step, loss in series.evals:
-            axes.annotate(_eval_label(step, loss, series), (step, loss), textcoords="offset points",
-                          xytext=(0, 8), ha="center", fontsize=8, color="#c2410c")
+            axes.annotate(
+                _eval_label(step, loss, series),
+                (step, loss),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=8,
+                color="#c2410c",
+            )
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)

@@ -50,8 +50,10 @@ EMPTY: tuple[Any, ...] = (None, "", [], {})
 def text_table(rows: list[dict[str, Any]]) -> Table:
     """Rows of equal keys as a table of text columns (the keys are the columns; backticks of markdown labels dropped)."""
     columns = list(rows[0]) if rows else ["(none)"]
-    return Table(columns=tuple((column, "string") for column in columns),
-                 records=[{column: str(row[column]).replace("`", "") for column in columns} for row in rows])
+    return Table(
+        columns=tuple((column, "string") for column in columns),
+        records=[{column: str(row[column]).replace("`", "") for column in columns} for row in rows],
+    )
 
 
 def without_empty(entries: dict[str, Any]) -> dict[str, Entry]:
@@ -74,8 +76,10 @@ def as_pipes_metadata(entries: dict[str, Entry]) -> dict[str, dict]:
         if isinstance(value, Markdown):
             return {"raw_value": value.text, "type": "md"}
         if isinstance(value, Table):
-            schema = [{"name": name, "type": kind, **({"description": value.descriptions[name]} if name in value.descriptions else {})}
-                      for name, kind in value.columns]
+            schema = [
+                {"name": name, "type": kind, **({"description": value.descriptions[name]} if name in value.descriptions else {})}
+                for name, kind in value.columns
+            ]
             return {"raw_value": {"records": value.records, "schema": schema}, "type": "table"}
         if isinstance(value, Json):
             return {"raw_value": value.value, "type": "json"}

@@ -21,13 +21,20 @@ def answer_limit_text(report: EvaluationReport) -> str:
     settings = report.settings
     if not settings.continuation_tokens:
         return f"{settings.max_new_tokens} new tokens"
-    return (f"{settings.max_new_tokens} new tokens, + {settings.continuation_tokens} for an answer still open "
-            f"({settings.max_new_tokens + settings.continuation_tokens} in all)")
+    return (
+        f"{settings.max_new_tokens} new tokens, + {settings.continuation_tokens} for an answer still open "
+        f"({settings.max_new_tokens + settings.continuation_tokens} in all)"
+    )
 
 
-def verdict_entries(decision: GateDecision, report: EvaluationReport, samples_path: Path | None,
-                    training: TrainingSummary | None, benchmarks: BenchmarkReport | None = None,
-                    note: str = "") -> dict[str, Entry]:
+def verdict_entries(
+    decision: GateDecision,
+    report: EvaluationReport,
+    samples_path: Path | None,
+    training: TrainingSummary | None,
+    benchmarks: BenchmarkReport | None = None,
+    note: str = "",
+) -> dict[str, Entry]:
     """What both pages open with, each entry short enough to show inline."""
     entries: dict[str, Any] = {"verdict": Markdown(verdict_markdown(decision, report, benchmarks, note=note))}
     if training is not None:
@@ -53,22 +60,29 @@ def comparison_table(report: EvaluationReport) -> Table:
     for row in comparison_rows(report):
         change = row.get("change (95% interval)", "")
         verdict = row.get("verdict", "")
-        rows.append({
-            # "<think>/<response>" is one unbreakable word, as wide as a column: spaced, it wraps.
-            "metric": f"{row['metric'].replace('`/`', '` / `')} ({row['better']} is better)",
-            "base → fine-tuned": f"{row['base']} → {row['fine-tuned']}",
-            "change (95% interval)": f"{change}: {verdict}" if change and verdict else change or verdict,
-        })
+        rows.append(
+            {
+                # "<think>/<response>" is one unbreakable word, as wide as a column: spaced, it wraps.
+                "metric": f"{row['metric'].replace('`/`', '` / `')} ({row['better']} is better)",
+                "base → fine-tuned": f"{row['base']} → {row['fine-tuned']}",
+                "change (95% interval)": f"{change}: {verdict}" if change and verdict else change or verdict,
+            }
+        )
     return text_table(rows)
 
 
-def rouge_report_page(report: EvaluationReport, decision: GateDecision, samples_path: Path,
-                      training: TrainingSummary | None) -> dict[str, Entry]:
+def rouge_report_page(
+    report: EvaluationReport, decision: GateDecision, samples_path: Path, training: TrainingSummary | None
+) -> dict[str, Entry]:
     """rouge_report's metadata: the verdict first, then the comparison and every answer, then the numbers worth a
     chart across runs (the Plots tab draws every number) and how the answers were generated."""
     settings, tuned, base = report.settings, report.fine_tuned, report.base
     # rouge_report does not read benchmark_report: its verdict covers the held-out criteria, and says so.
-    note = "held-out criteria; benchmark accuracy is judged by the release_gate check" if settings.gate_accuracy_lower_bound is not None else ""
+    note = (
+        "held-out criteria; benchmark accuracy is judged by the release_gate check"
+        if settings.gate_accuracy_lower_bound is not None
+        else ""
+    )
     entries: dict[str, Any] = {
         **verdict_entries(decision, report, samples_path, training, note=note),
         "comparison": comparison_table(report),
@@ -78,14 +92,18 @@ def rouge_report_page(report: EvaluationReport, decision: GateDecision, samples_
         "format_compliance": rounded(tuned.format_compliance),
         "generation_tokens_per_second": rounded(tuned.tokens_per_second),
         "base_rouge_l_response": rounded(base.rouge_l_response) if base is not None else None,
-        "evaluation": Markdown(key_value_table({
-            "questions": report.n,
-            "decoding": "sampled" if settings.do_sample else "greedy",
-            "answer limit": answer_limit_text(report),
-            "batch size": settings.batch_size,
-            "attention, KV cache": f"{settings.attention}, {settings.kv_cache}",
-            "fine-tuned: generation seconds": tuned.wall_seconds,
-            **({"base: generation seconds": base.wall_seconds} if base is not None else {}),
-        })),
+        "evaluation": Markdown(
+            key_value_table(
+                {
+                    "questions": report.n,
+                    "decoding": "sampled" if settings.do_sample else "greedy",
+                    "answer limit": answer_limit_text(report),
+                    "batch size": settings.batch_size,
+                    "attention, KV cache": f"{settings.attention}, {settings.kv_cache}",
+                    "fine-tuned: generation seconds": tuned.wall_seconds,
+                    **({"base: generation seconds": base.wall_seconds} if base is not None else {}),
+                }
+            )
+        ),
     }
     return without_empty(entries)

@@ -25,11 +25,11 @@ def wants_color(stream: TextIO) -> bool:
 class TaggedAnswerWriter:
     """Writes `<think>…</think><response>…</response>` text, fed in chunks, as
 
-        Reasoning
-        the reasoning, step by step (faint)
+    Reasoning
+    the reasoning, step by step (faint)
 
-        Answer
-        the final answer (bold)
+    Answer
+    the final answer (bold)
     """
 
     def __init__(self, stream: TextIO, color: bool | None = None):
@@ -94,7 +94,7 @@ class TaggedAnswerWriter:
             tag = next((t for t in _TAGS if text.startswith(t)), None)
             if tag is not None:
                 self._tag(tag)
-                text = text[len(tag):]
+                text = text[len(tag) :]
             elif any(t.startswith(text) for t in _TAGS):
                 self.pending = text  # "<respo": wait for the next chunk
                 break

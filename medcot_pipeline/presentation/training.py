@@ -69,12 +69,12 @@ def kept_weights_text(summary: TrainingSummary) -> str:
     resumed = (
         f" This run resumed from checkpoint-{start}, which had already finished the {summary.settings.max_steps} "
         "planned steps; the weights are that training's."
-        if start is not None and start >= summary.settings.max_steps else ""
+        if start is not None and start >= summary.settings.max_steps
+        else ""
     )
     if kept is None:
         step = summary.kept_step if summary.kept_step is not None else summary.global_step
-        return (f"The weights are those of the last training step ({step}); checkpoints were not graded during "
-                f"training.{resumed}")
+        return f"The weights are those of the last training step ({step}); checkpoints were not graded during training.{resumed}"
     steps = ", ".join(str(row["step"]) for row in summary.graded_steps)
     loss = kept.get("eval_loss")
     return (
@@ -93,8 +93,15 @@ def graded_steps_markdown(summary: TrainingSummary) -> str:
     rows = []
     for row in summary.graded_steps:
         step = f"**{row['step']}** (kept)" if row["step"] == summary.kept_step else str(row["step"])
-        rows.append([step, score_text(row.get("eval_loss")), percent_text(row["format_compliance"]),
-                     score_text(row["rouge_l_response"]), percent_text(row["truncation_rate"])])
+        rows.append(
+            [
+                step,
+                score_text(row.get("eval_loss")),
+                percent_text(row["format_compliance"]),
+                score_text(row["rouge_l_response"]),
+                percent_text(row["truncation_rate"]),
+            ]
+        )
     table = markdown_table(["Step", "Validation loss", "Well-formed", "ROUGE-L (response)", "Cut off"], rows)
     # markdown_table escapes cells; the kept step's bold is ours, not text to show as written.
     return table.replace("\\*\\*", "**")
@@ -120,7 +127,9 @@ def run_facts(summary: TrainingSummary) -> dict[str, Any]:
     }
 
 
-def informative_columns(rows: Sequence[dict], columns: dict[str, str], keep: Sequence[str] = ("step",)) -> tuple[dict[str, str], dict[str, Any]]:
+def informative_columns(
+    rows: Sequence[dict], columns: dict[str, str], keep: Sequence[str] = ("step",)
+) -> tuple[dict[str, str], dict[str, Any]]:
     """The columns that say something: one that is empty in every row is left out, and one that holds the same
     value in every row (of two or more) is left out and returned as a constant, to be stated once."""
     kept, constants = {}, {}

@@ -19,8 +19,12 @@ HEADLINES = {
 INLINE_LIMIT = 1000
 SYMBOLS = {">=": "≥", "<=": "≤"}
 # The differences worth a line in the verdict, in this order, then every benchmark (the full table is `comparison`).
-KEY_METRICS = {"rouge_l_response": "ROUGE-L (response)", "format_compliance": "well-formed answers",
-               "truncation_rate": "cut off", "mc_accuracy": "multiple-choice accuracy (log-likelihood)"}
+KEY_METRICS = {
+    "rouge_l_response": "ROUGE-L (response)",
+    "format_compliance": "well-formed answers",
+    "truncation_rate": "cut off",
+    "mc_accuracy": "multiple-choice accuracy (log-likelihood)",
+}
 
 
 def _mark(decision: GateDecision, criterion: GateCriterion) -> str:
@@ -33,8 +37,10 @@ def criterion_line(decision: GateDecision, criterion: GateCriterion) -> str:
     """`✗ format compliance (fine-tuned): 0.667, needs ≥ 0.900`, or what was not measured."""
     if criterion.value is None:
         return f"{_mark(decision, criterion)} {criterion.name}: {criterion.note or 'not measured'}"
-    return (f"{_mark(decision, criterion)} {criterion.name}: {score_text(criterion.value)}, needs "
-            f"{SYMBOLS.get(criterion.direction, criterion.direction)} {score_text(criterion.threshold)}")
+    return (
+        f"{_mark(decision, criterion)} {criterion.name}: {score_text(criterion.value)}, needs "
+        f"{SYMBOLS.get(criterion.direction, criterion.direction)} {score_text(criterion.threshold)}"
+    )
 
 
 def _is_share(comparison: PairedComparison) -> bool:
@@ -51,8 +57,10 @@ def difference_line(comparison: PairedComparison) -> str:
     share = _is_share(comparison)
     value = percent_text if share else score_text
     label = KEY_METRICS.get(comparison.metric, comparison.label.replace("`", ""))
-    return (f"{label}: {value(comparison.base)} → {value(comparison.fine_tuned)}, "
-            f"{change_text(share, comparison.difference, comparison)}: {comparison.verdict}")
+    return (
+        f"{label}: {value(comparison.base)} → {value(comparison.fine_tuned)}, "
+        f"{change_text(share, comparison.difference, comparison)}: {comparison.verdict}"
+    )
 
 
 def differences_lines(report: EvaluationReport, benchmarks: BenchmarkReport | None = None) -> list[str]:
@@ -62,8 +70,9 @@ def differences_lines(report: EvaluationReport, benchmarks: BenchmarkReport | No
     return [difference_line(comparison) for comparison in ordered]
 
 
-def verdict_markdown(decision: GateDecision, report: EvaluationReport, benchmarks: BenchmarkReport | None = None,
-                     limit: int = INLINE_LIMIT, note: str = "") -> str:
+def verdict_markdown(
+    decision: GateDecision, report: EvaluationReport, benchmarks: BenchmarkReport | None = None, limit: int = INLINE_LIMIT, note: str = ""
+) -> str:
     """Headline, one line a criterion, then the key differences with their intervals; lines that would take it past
     `limit` are left to the page's `comparison` and `release_gate_criteria` entries, and it says so. `note` says
     what the decision covers where it is not the whole gate."""
@@ -72,9 +81,14 @@ def verdict_markdown(decision: GateDecision, report: EvaluationReport, benchmark
         head.append(table_cell(decision.reasons[0]))
     criteria = [f"- {table_cell(criterion_line(decision, c))}" for c in decision.criteria]
     differences = differences_lines(report, benchmarks)
-    tail = ([f"**Fine-tuned against the base model** (n = {report.n}, 95% paired intervals):",
-             *(f"- {table_cell(line)}" for line in differences)]
-            if differences else ["The base model was not evaluated: no comparison."])
+    tail = (
+        [
+            f"**Fine-tuned against the base model** (n = {report.n}, 95% paired intervals):",
+            *(f"- {table_cell(line)}" for line in differences),
+        ]
+        if differences
+        else ["The base model was not evaluated: no comparison."]
+    )
     lines = head + criteria + tail
     text = "\n".join(lines)
     while len(text) >= limit and len(lines) > len(head) + 1:

@@ -28,8 +28,14 @@ MANIFEST_NAME = ReleaseManifest.FILE
 # The adapter directory also holds training leftovers (summaries, trainer state); only these travel.
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
 )
 
 TRANSIENT_STATUS = {408, 429}  # plus every 5xx
@@ -209,9 +215,7 @@ def _classify(err: BaseException, step: str, repo_id: str, token: str) -> Releas
     return None
 
 
-def _with_retries(
-    step: str, repo_id: str, call: Callable[[], Any], *, token: str, max_retries: int, backoff_seconds: float, sleep
-) -> Any:
+def _with_retries(step: str, repo_id: str, call: Callable[[], Any], *, token: str, max_retries: int, backoff_seconds: float, sleep) -> Any:
     """call(), retried on transient failures; every failure that leaves here is a ReleaseError without the token."""
     for attempt in range(max_retries + 1):
         try:
@@ -227,9 +231,7 @@ def _with_retries(
         if attempt == max_retries:
             raise HubUnavailableError(f"{step} for {repo_id} still failed after {attempt + 1} attempts: {outcome.reason}")
         delay = max(backoff_seconds * 2**attempt, outcome.retry_after or 0.0)
-        logger.warning(
-            "%s for %s failed (%s); retry %d/%d in %.1f s", step, repo_id, outcome.reason, attempt + 1, max_retries, delay
-        )
+        logger.warning("%s for %s failed (%s); retry %d/%d in %.1f s", step, repo_id, outcome.reason, attempt + 1, max_retries, delay)
         sleep(delay)
     raise AssertionError("unreachable")
 
@@ -306,9 +308,7 @@ def push_release(
     api = HfApi(endpoint=endpoint, token=token)
 
     def retry(step: str, target: str, call: Callable[[], Any]) -> Any:
-        return _with_retries(
-            step, target, call, token=token, max_retries=max_retries, backoff_seconds=backoff_seconds, sleep=sleep
-        )
+        return _with_retries(step, target, call, token=token, max_retries=max_retries, backoff_seconds=backoff_seconds, sleep=sleep)
 
     result = _push_folder(api, model_dir, repo_id, private=private, commit_message=commit_message, retry=retry)
     result["adapter"] = None

@@ -90,8 +90,14 @@ class ReleaseFacts:
 
     @classmethod
     def from_artifacts(
-        cls, repo_id: str, lora_adapter: Path | str, rouge_report: Path | str, code_version: dict[str, str],
-        adapter_location: str | None, license: str | None = None, benchmark_report: Path | str | None = None,
+        cls,
+        repo_id: str,
+        lora_adapter: Path | str,
+        rouge_report: Path | str,
+        code_version: dict[str, str],
+        adapter_location: str | None,
+        license: str | None = None,
+        benchmark_report: Path | str | None = None,
         formatted_splits: Path | str | None = None,
     ) -> ReleaseFacts:
         """The facts of a release from its artifact directories: the contracts beside them, the adapter's weights
@@ -111,9 +117,16 @@ class ReleaseFacts:
                 "profile's hub_release config to the base model's license"
             )
         return cls(
-            repo_id=repo_id, license=found, training=summary, evaluation=report, code_version=code_version,
-            adapter_location=adapter_location, adapter_bytes=weights.stat().st_size if weights.exists() else None,
-            benchmarks=benchmarks, gate=decide(report, benchmarks), decontamination=decontaminated,
+            repo_id=repo_id,
+            license=found,
+            training=summary,
+            evaluation=report,
+            code_version=code_version,
+            adapter_location=adapter_location,
+            adapter_bytes=weights.stat().st_size if weights.exists() else None,
+            benchmarks=benchmarks,
+            gate=decide(report, benchmarks),
+            decontamination=decontaminated,
         )
 
     @property
@@ -215,13 +228,15 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
             EvalResult(
                 task_type="multiple-choice" if multiple_choice else "text-generation",
                 task_name=(
-                    "Medical multiple-choice questions (option log-likelihood)" if multiple_choice
+                    "Medical multiple-choice questions (option log-likelihood)"
+                    if multiple_choice
                     else "Medical question answering with reasoning"
                 ),
                 dataset_type=dataset_id,
                 dataset_name=(
                     f"{short_name}, {report.fine_tuned.mc_n} multiple-choice questions held out of training"
-                    if multiple_choice else f"{short_name}, {report.n} questions held out of training"
+                    if multiple_choice
+                    else f"{short_name}, {report.n} questions held out of training"
                 ),
                 dataset_config=facts.dataset_config,
                 dataset_revision=facts.dataset_revision,
@@ -239,18 +254,20 @@ def eval_results(facts: ReleaseFacts) -> list[EvalResult]:
             if source is None:
                 continue
             spec = BENCHMARKS.get(scores.benchmark)
-            results.append(EvalResult(
-                task_type="multiple-choice",
-                task_name="Medical multiple-choice questions, answered with reasoning (the choice read from the answer)",
-                dataset_type=spec.hub_id if spec else source.name,
-                dataset_name=f"{source.title} ({scores.n} questions)",
-                dataset_config=spec.config if spec else None,
-                dataset_split=spec.split if spec else None,
-                dataset_revision=source.commit,
-                metric_type="accuracy",
-                metric_name="Accuracy",
-                metric_value=round(scores.accuracy, 4),
-            ))
+            results.append(
+                EvalResult(
+                    task_type="multiple-choice",
+                    task_name="Medical multiple-choice questions, answered with reasoning (the choice read from the answer)",
+                    dataset_type=spec.hub_id if spec else source.name,
+                    dataset_name=f"{source.title} ({scores.n} questions)",
+                    dataset_config=spec.config if spec else None,
+                    dataset_split=spec.split if spec else None,
+                    dataset_revision=source.commit,
+                    metric_type="accuracy",
+                    metric_name="Accuracy",
+                    metric_value=round(scores.accuracy, 4),
+                )
+            )
     return results
 
 
@@ -316,8 +333,8 @@ def multiple_choice_text(report: EvaluationReport) -> str:
 
 HOW_TO_READ_AN_INTERVAL = (
     "Each change is fine-tuned minus base on the same questions, with a 95% paired bootstrap interval in brackets "
-    "(the questions resampled 10,000 times, each with both models' scores). \"better\" or \"worse\" means the "
-    "whole interval lies on one side of zero; \"no detectable change\" means it straddles zero: at this number of "
+    '(the questions resampled 10,000 times, each with both models\' scores). "better" or "worse" means the '
+    'whole interval lies on one side of zero; "no detectable change" means it straddles zero: at this number of '
     "questions the data cannot tell the two models apart, whatever the point estimate says."
 )
 
@@ -339,7 +356,7 @@ def benchmarks_text(report: BenchmarkReport | None) -> str:
         f"{f' + {settings.continuation_tokens}' if settings.continuation_tokens else ''}); the chosen option was read "
         "from the answer's `<response>` (for a model without the tags, from its whole answer) by medcot's documented "
         "parser. An answer cut off at the limit, or naming no option or several, counts as wrong and is counted under "
-        "\"no choice\". The option log-likelihood accuracy (lm-eval-harness's way: the likeliest option letter after "
+        '"no choice". The option log-likelihood accuracy (lm-eval-harness\'s way: the likeliest option letter after '
         "a plain prompt) is shown beside it as a second number."
     )
     lines.append(markdown_table(benchmark_rows(report)))

@@ -46,8 +46,14 @@ def launch_command(num_processes: int, module: str) -> list[str]:
     if num_processes <= 1:
         return [sys.executable, "-m", module]
     return [
-        sys.executable, "-m", LAUNCHER_MODULE, "--standalone", f"--nproc-per-node={num_processes}", "--max-restarts=0",
-        "-m", module,
+        sys.executable,
+        "-m",
+        LAUNCHER_MODULE,
+        "--standalone",
+        f"--nproc-per-node={num_processes}",
+        "--max-restarts=0",
+        "-m",
+        module,
     ]
 
 
@@ -77,8 +83,11 @@ def torchrun_main(argv: list[str]) -> None:
             if isinstance(message, dict):
                 message = message.get("extraInfo", {}).get("py_callstack") or message.get("message", "")
             report = RankFailure(
-                rank=rank, exitcode=failure.exitcode, signal=failure.signal_name() if failure.exitcode < 0 else None,
-                message=str(message)[-4000:], failed_ranks=sorted(err.failures),
+                rank=rank,
+                exitcode=failure.exitcode,
+                signal=failure.signal_name() if failure.exitcode < 0 else None,
+                message=str(message)[-4000:],
+                failed_ranks=sorted(err.failures),
             )
             Path(failure_file).write_text(report.model_dump_json())
         raise

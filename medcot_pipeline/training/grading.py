@@ -99,8 +99,11 @@ def generation_settings(settings: TrainingSettings) -> GenerationSettings:
     """Greedy, all questions in one batch, no continuation: an answer that has not closed its tags within
     grade_max_new_tokens counts as not compliant, as it would in `rouge_report` after its continuation."""
     return GenerationSettings(
-        batch_size=max(settings.grade_questions, 1), max_new_tokens=settings.grade_max_new_tokens, continuation_tokens=0,
-        attention=settings.grade_attention, kv_cache=settings.grade_kv_cache,
+        batch_size=max(settings.grade_questions, 1),
+        max_new_tokens=settings.grade_max_new_tokens,
+        continuation_tokens=0,
+        attention=settings.grade_attention,
+        kv_cache=settings.grade_kv_cache,
     )
 
 

@@ -109,8 +109,10 @@ def start_summary(args, state, model, train_dataloader) -> str:
         except (AttributeError, TypeError):
             rows = None
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-    parts.append(f"{state.max_steps} steps of {global_batch} rows ({args.per_device_train_batch_size} per device x "
-                 f"{args.gradient_accumulation_steps} accumulation x {max(args.world_size, 1)} processes)")
+    parts.append(
+        f"{state.max_steps} steps of {global_batch} rows ({args.per_device_train_batch_size} per device x "
+        f"{args.gradient_accumulation_steps} accumulation x {max(args.world_size, 1)} processes)"
+    )
     if rows:
         parts.append(f"{rows:,} training rows, so {state.max_steps * global_batch / rows:.2g} epochs")
     if model is not None:

@@ -76,9 +76,7 @@ class LoraFinetuneRecipe:
         from medcot_pipeline.training import progress
 
         progress.quiet_progress_bars()
-        self.model, self.tokenizer = self.backend.load_for_training(
-            self.job.base_model.reference, self.settings, self.job.max_seq_length
-        )
+        self.model, self.tokenizer = self.backend.load_for_training(self.job.base_model.reference, self.settings, self.job.max_seq_length)
 
     def _setup_trainer(self) -> None:
         """TRL's trainer with the callbacks: progress lines (and the timings the summary reports), each checkpoint
@@ -89,10 +87,18 @@ class LoraFinetuneRecipe:
 
         self.progress = progress.TrainingProgress(self.log)
         self.trainer = build_trainer(
-            self.model, self.tokenizer, self.settings, self.job.max_seq_length, self.train_frame, self.eval_frame,
+            self.model,
+            self.tokenizer,
+            self.settings,
+            self.job.max_seq_length,
+            self.train_frame,
+            self.eval_frame,
             str(Path(self.job.checkpoint_dir)),
-            report_to=["wandb"] if self.wandb_run else [], run_name=self.job.wandb.run_name or None,
-            callbacks=[self.progress, *checkpoint_upload.callbacks(self.job, self.log)], backend=self.backend, log=self.log,
+            report_to=["wandb"] if self.wandb_run else [],
+            run_name=self.job.wandb.run_name or None,
+            callbacks=[self.progress, *checkpoint_upload.callbacks(self.job, self.log)],
+            backend=self.backend,
+            log=self.log,
         )
         progress.leave_reporting_to(self.trainer)
 

@@ -80,9 +80,7 @@ def raw_dataset(context: dg.AssetExecutionContext, config: RawDatasetConfig, art
 
 
 @stage_asset(kinds={"huggingface", "parquet"}, retry_policy=NETWORK_RETRY)
-def benchmark_questions(
-    context: dg.AssetExecutionContext, config: BenchmarkQuestionsConfig, artifacts: ArtifactStore
-) -> dg.Output[str]:
+def benchmark_questions(context: dg.AssetExecutionContext, config: BenchmarkQuestionsConfig, artifacts: ArtifactStore) -> dg.Output[str]:
     """The test questions of MedQA, MedMCQA and PubMedQA (each at a recorded commit), or offline the sample written
     for this project that stands in for them. benchmark_report answers them; formatted_splits keeps them out of training."""
     revisions = {"medqa": config.medqa_revision, "medmcqa": config.medmcqa_revision, "pubmedqa": config.pubmedqa_revision}
@@ -96,8 +94,14 @@ def benchmark_questions(
         settings=config,
         sources=[
             BenchmarkSource(
-                name=b.name, title=b.title, questions=len(b.rows), skipped=b.skipped, location=b.location,
-                revision=b.revision, commit=b.commit, stand_in=b.stand_in,
+                name=b.name,
+                title=b.title,
+                questions=len(b.rows),
+                skipped=b.skipped,
+                location=b.location,
+                revision=b.revision,
+                commit=b.commit,
+                stand_in=b.stand_in,
             )
             for b in loaded
         ],
@@ -161,14 +165,22 @@ def formatted_splits(
     removal = decontamination.decontaminate(decontamination.training_fields(train), references)
     train = train.iloc[removal.kept_positions].reset_index(drop=True)
     if train.empty:
-        raise dg.Failure(f"every training record overlaps a held-out or benchmark question ({removal.removed_by_source}); nothing is left to train on")
+        raise dg.Failure(
+            f"every training record overlaps a held-out or benchmark question ({removal.removed_by_source}); nothing is left to train on"
+        )
     decontaminated = DecontaminationSummary(
-        ngram_words=decontamination.NGRAM_WORDS, min_words=decontamination.MIN_WORDS,
-        boilerplate_documents=decontamination.BOILERPLATE_DOCUMENTS, references=removal.references,
-        removed_by_source=removal.removed_by_source, removed_rows=removal.removed_rows, boilerplate_ngrams=removal.boilerplate_ngrams,
+        ngram_words=decontamination.NGRAM_WORDS,
+        min_words=decontamination.MIN_WORDS,
+        boilerplate_documents=decontamination.BOILERPLATE_DOCUMENTS,
+        references=removal.references,
+        removed_by_source=removal.removed_by_source,
+        removed_rows=removal.removed_rows,
+        boilerplate_ngrams=removal.boilerplate_ngrams,
     )
     if removal.removed_rows:
-        context.log.info(f"left {removal.removed_rows} training record(s) out for overlapping held-out or benchmark text: {removal.removed_by_source}")
+        context.log.info(
+            f"left {removal.removed_rows} training record(s) out for overlapping held-out or benchmark text: {removal.removed_by_source}"
+        )
 
     content_hash = raw_parquet.frame_sha256(pd.concat([train.assign(_split="train"), validation.assign(_split="validation")]))
     dropped = cleaning_counts["input_rows"] - cleaning_counts["output_rows"] + (over_limit if config.overlength_policy == "drop" else 0)
@@ -205,28 +217,31 @@ def formatted_splits(
             "train_rows": len(train),
             "validation_rows": len(validation),
             "dropped_share": summary.dropped_share,
-            "rows": summary_table({
-                "input rows": len(records),
-                "after cleaning": cleaning_counts["output_rows"],
-                f"over max_seq_length ({base_model.max_seq_length} tokens)": f"{over_limit} ({config.overlength_policy})",
-                "dropped rows": dropped,
-                "train rows": len(train),
-                "validation rows": f"{len(validation)} of {config.validation_size} requested",
-                "validation note": split_info["validation_size_reason"],
-                "left out of train (overlap with held-out or benchmark text)": removal.removed_rows,
-            }),
+            "rows": summary_table(
+                {
+                    "input rows": len(records),
+                    "after cleaning": cleaning_counts["output_rows"],
+                    f"over max_seq_length ({base_model.max_seq_length} tokens)": f"{over_limit} ({config.overlength_policy})",
+                    "dropped rows": dropped,
+                    "train rows": len(train),
+                    "validation rows": f"{len(validation)} of {config.validation_size} requested",
+                    "validation note": split_info["validation_size_reason"],
+                    "left out of train (overlap with held-out or benchmark text)": removal.removed_rows,
+                }
+            ),
             "decontamination": dg.MetadataValue.json(decontaminated.model_dump()),
-            "token_lengths": summary_table({
-                "tokenizer": base_model.name,
-                "median": stats.get("median"),
-                "p90": stats.get("p90"),
-                "p99": stats.get("p99"),
-                "max": stats.get("max"),
-                "max_seq_length": base_model.max_seq_length,
-            }),
+            "token_lengths": summary_table(
+                {
+                    "tokenizer": base_model.name,
+                    "median": stats.get("median"),
+                    "p90": stats.get("p90"),
+                    "p99": stats.get("p99"),
+                    "max": stats.get("max"),
+                    "max_seq_length": base_model.max_seq_length,
+                }
+            ),
             "cleaning_counts": dg.MetadataValue.json(cleaning_counts),
             "content_sha256": content_hash,
             "preview": records_preview(train, ["question", "target"]),
         },
     )
-

@@ -35,7 +35,13 @@ def rouge_report(
     base_ref = base_model.resolve(artifacts) if config.compare_with_base else None
     with artifacts.new_version("rouge_report", context.run_id) as staging:
         report = write_rouge_report(
-            merged_model, base_ref, validation, config, staging, log=context.log, code_version=current_code_version(context),
+            merged_model,
+            base_ref,
+            validation,
+            config,
+            staging,
+            log=context.log,
+            code_version=current_code_version(context),
             merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("rouge_report", context.run_id)
@@ -88,8 +94,15 @@ def benchmark_report(
     base_ref = base_model.resolve(artifacts) if config.compare_with_base else None
     with artifacts.new_version("benchmark_report", context.run_id) as staging:
         report = write_benchmark_report(
-            merged_model, base_ref, questions, sources, config, staging, log=context.log,
-            code_version=current_code_version(context), merged_model_location=artifacts.location_of(merged_model),
+            merged_model,
+            base_ref,
+            questions,
+            sources,
+            config,
+            staging,
+            log=context.log,
+            code_version=current_code_version(context),
+            merged_model_location=artifacts.location_of(merged_model),
         )
     out_dir = artifacts.version_dir("benchmark_report", context.run_id)
     metadata: dict[str, Any] = {}
@@ -99,14 +112,16 @@ def benchmark_report(
     metadata["accuracy"] = string_table(benchmark_rows(report))
     for scores in report.fine_tuned:
         metadata[f"accuracy_{scores.benchmark}"] = rounded(scores.accuracy)
-    metadata["evaluation"] = summary_table({
-        "questions per model": report.questions,
-        "answer budget (new tokens)": f"{config.max_new_tokens} (+ {config.continuation_tokens}); a cut-off answer counts as wrong",
-        "decoding": "sampled" if config.do_sample else "greedy",
-        "attention, KV cache": f"{config.attention}, {config.kv_cache}",
-        **{f"{label}: generated tokens/s": round(totals.tokens_per_second) for label, totals in report.generation.items()},
-        "wall seconds (both models, loading and compiling included)": round(report.wall_seconds, 1),
-    })
+    metadata["evaluation"] = summary_table(
+        {
+            "questions per model": report.questions,
+            "answer budget (new tokens)": f"{config.max_new_tokens} (+ {config.continuation_tokens}); a cut-off answer counts as wrong",
+            "decoding": "sampled" if config.do_sample else "greedy",
+            "attention, KV cache": f"{config.attention}, {config.kv_cache}",
+            **{f"{label}: generated tokens/s": round(totals.tokens_per_second) for label, totals in report.generation.items()},
+            "wall seconds (both models, loading and compiling included)": round(report.wall_seconds, 1),
+        }
+    )
     metadata["answers_file"] = dg.MetadataValue.path(str(out_dir / BENCHMARK_ANSWERS_FILE))
     metadata["path"] = dg.MetadataValue.path(str(out_dir))
     return dg.Output(str(out_dir), metadata=metadata)

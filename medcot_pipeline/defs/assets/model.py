@@ -43,9 +43,7 @@ def lora_adapter(
     base = base_model.ref(artifacts)
     splits_sha256 = file_sha256(split_path(formatted_splits, "train"))
     # Same settings and same data -> same checkpoint directory, so a rerun after a crash resumes.
-    run_key = hashlib.sha256(
-        "\n".join([config.model_dump_json(), base_model.model_dump_json(), splits_sha256]).encode()
-    ).hexdigest()[:16]
+    run_key = hashlib.sha256("\n".join([config.model_dump_json(), base_model.model_dump_json(), splits_sha256]).encode()).hexdigest()[:16]
     checkpoint_dir = artifacts.path("lora_adapter", "checkpoints", run_key)
     # Object storage: start from the newest checkpoint any node committed; training commits each new one there.
     checkpoint_location = artifacts.fetch_checkpoints(checkpoint_dir, context.log)
@@ -59,8 +57,12 @@ def lora_adapter(
             max_seq_length=base_model.max_seq_length,
             settings=config,
             wandb=WandbTarget(
-                enabled=config.report_to_wandb, mode=wandb.mode, project=wandb.project, entity=wandb.entity,
-                dir=str(artifacts.path("wandb")), run_name=f"lora_adapter-{context.run_id[:8]}",
+                enabled=config.report_to_wandb,
+                mode=wandb.mode,
+                project=wandb.project,
+                entity=wandb.entity,
+                dir=str(artifacts.path("wandb")),
+                run_name=f"lora_adapter-{context.run_id[:8]}",
             ),
             dataset=splits.dataset,
             splits_sha256=splits_sha256,
@@ -78,7 +80,9 @@ def lora_adapter(
         failure_file = staging / "torchrun_failure.json"
         try:
             result = pipes_subprocess_client.run(
-                command=command, context=context, extras=job.model_dump(mode="json"),
+                command=command,
+                context=context,
+                extras=job.model_dump(mode="json"),
                 env={**wandb.env(), **distributed.launch_env(processes, failure_file)},
             ).get_materialize_result()
         except Exception as err:
@@ -88,8 +92,12 @@ def lora_adapter(
             raise dg.Failure(
                 f"data-parallel training failed: {failure.describe()}; torchrun stopped all {processes} processes. "
                 f"Checkpoints so far are kept in {checkpoint_dir}: rerun to resume from the last one.",
-                metadata={"failed_rank": failure.rank, "exitcode": failure.exitcode, "signal": failure.signal or "",
-                          "error": dg.MetadataValue.text(failure.message)},
+                metadata={
+                    "failed_rank": failure.rank,
+                    "exitcode": failure.exitcode,
+                    "signal": failure.signal or "",
+                    "error": dg.MetadataValue.text(failure.message),
+                },
             ) from err
         if not (staging / "adapter" / "adapter_config.json").exists():
             raise dg.Failure(f"training finished without writing an adapter to {staging / 'adapter'}")
@@ -124,24 +132,31 @@ def merged_model(
     from medcot_pipeline import merging
 
     base = base_model.ref(artifacts)
-    context.log.info(f"merging the adapter {lora_adapter} into {base_model.name} as {config.dtype} (loads the base, then writes safetensors)")
+    context.log.info(
+        f"merging the adapter {lora_adapter} into {base_model.name} as {config.dtype} (loads the base, then writes safetensors)"
+    )
     started = time.perf_counter()
     with artifacts.new_version("merged_model", context.run_id) as staging:
         try:
-            info = merging.merge_adapter(base.reference, lora_adapter, staging / "model", dtype=config.dtype, max_shard_size=config.max_shard_size)
+            info = merging.merge_adapter(
+                base.reference, lora_adapter, staging / "model", dtype=config.dtype, max_shard_size=config.max_shard_size
+            )
         except merging.MergeError as err:
             raise dg.Failure(str(err)) from err
         record = MergeRecord(
-            adapter_dir=artifacts.location_of(lora_adapter), adapter_sha256=tree_sha256(lora_adapter), base_model=base, dtype=config.dtype,
-            parameters=info["parameters"], weights_sha256=info["sha256"], size_bytes=info["size_bytes"],
+            adapter_dir=artifacts.location_of(lora_adapter),
+            adapter_sha256=tree_sha256(lora_adapter),
+            base_model=base,
+            dtype=config.dtype,
+            parameters=info["parameters"],
+            weights_sha256=info["sha256"],
+            size_bytes=info["size_bytes"],
             code_version=current_code_version(context),
         )
         record.write(staging / "model")
     model_dir = artifacts.version_dir("merged_model", context.run_id) / "model"
     size = size_text(tree_bytes(model_dir))
-    context.log.info(
-        f"merged model at {model_dir}: {info['parameters']:,} parameters, {size}, in {time.perf_counter() - started:.0f} s"
-    )
+    context.log.info(f"merged model at {model_dir}: {info['parameters']:,} parameters, {size}, in {time.perf_counter() - started:.0f} s")
     return dg.Output(
         str(model_dir),
         metadata={

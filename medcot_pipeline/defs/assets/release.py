@@ -16,7 +16,10 @@ def check_lineage(
 ) -> None:
     """The reports graded this merged model, and this merged model holds this adapter; else say what to rerun."""
     # allow_retries=False: the same artifacts disagree the same way on a retry.
-    for asset, graded in (("rouge_report", report.merged_model_dir), ("benchmark_report", benchmarks.merged_model_dir if benchmarks else None)):
+    for asset, graded in (
+        ("rouge_report", report.merged_model_dir),
+        ("benchmark_report", benchmarks.merged_model_dir if benchmarks else None),
+    ):
         if graded is not None and Path(graded) != Path(merged_model):
             raise dg.Failure(
                 f"{asset} graded {graded}, not the current merged_model {merged_model}: "
@@ -36,7 +39,8 @@ def check_lineage(
 # What is released is checked byte for byte (sha256) against what merged_model, lora_adapter and the two reports
 # recorded when they wrote it, so a file damaged since is never staged or pushed.
 @stage_asset(
-    kinds={"huggingface"}, retry_policy=dg.RetryPolicy(max_retries=1, delay=30),
+    kinds={"huggingface"},
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=30),
     ins=verified_inputs("merged_model", "lora_adapter", "rouge_report", "benchmark_report"),
 )
 def hub_release(
@@ -67,7 +71,9 @@ def hub_release(
     check_lineage(report, merge, artifacts.location_of(merged_model), artifacts.location_of(lora_adapter), benchmarks)
     try:
         facts = ReleaseFacts.from_artifacts(
-            config.repo_id, lora_adapter, rouge_report,
+            config.repo_id,
+            lora_adapter,
+            rouge_report,
             code_version={
                 **{asset: version or "unknown" for asset, version in summary.lineage.items()},
                 "lora_adapter": summary.code_version or "unknown",
@@ -77,7 +83,9 @@ def hub_release(
                 "hub_release": current_code_version(context) or "unknown",
             },
             adapter_location={"subfolder": "adapter/", "separate_repo": f"{config.repo_id}-lora", "none": None}[config.adapter],
-            license=config.license, benchmark_report=benchmark_report, formatted_splits=formatted_splits,
+            license=config.license,
+            benchmark_report=benchmark_report,
+            formatted_splits=formatted_splits,
         )
     except (ReleaseFactsError, ContractError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
@@ -85,8 +93,12 @@ def hub_release(
     try:
         with artifacts.new_version("hub_release", context.run_id) as staging:
             manifest = stage_release(
-                Path(merged_model), Path(lora_adapter) if config.adapter != "none" else None, card, staging,
-                config.adapter, repo_id=config.repo_id,
+                Path(merged_model),
+                Path(lora_adapter) if config.adapter != "none" else None,
+                card,
+                staging,
+                config.adapter,
+                repo_id=config.repo_id,
             )
     except (ReleaseError, ArtifactError) as err:
         raise dg.Failure(str(err), allow_retries=False) from None
@@ -97,16 +109,25 @@ def hub_release(
         return dg.Output(str(staged), metadata={**metadata, "status": "staged, not pushed (HF_TOKEN is not set)"})
     try:
         pushed = push_release(
-            staged, config.repo_id, hub.token, private=config.private, adapter_mode=config.adapter,
-            commit_message=config.commit_message, endpoint=hub.endpoint,
+            staged,
+            config.repo_id,
+            hub.token,
+            private=config.private,
+            adapter_mode=config.adapter,
+            commit_message=config.commit_message,
+            endpoint=hub.endpoint,
         )
     except ReleaseError as err:
         raise dg.Failure(str(err), allow_retries=isinstance(err, HubUnavailableError)) from None
     status = "pushed" if pushed.get("pushed") else "unchanged on the Hub, no new commit"
     return dg.Output(
         str(staged),
-        metadata={**metadata, "status": status, "repo_url": dg.MetadataValue.url(pushed["repo_url"]),
-                  "commit": pushed.get("commit_oid") or "none"},
+        metadata={
+            **metadata,
+            "status": status,
+            "repo_url": dg.MetadataValue.url(pushed["repo_url"]),
+            "commit": pushed.get("commit_oid") or "none",
+        },
     )
 
 
