@@ -53,26 +53,14 @@ def decide(report: EvaluationReport, benchmarks: BenchmarkReport | None = None) 
                 )
             )
     if settings.gate_format_compliance_floor is not None:
-        value = report.fine_tuned.format_compliance
         criteria.append(
-            GateCriterion(
-                name="format compliance (fine-tuned)",
-                threshold=settings.gate_format_compliance_floor,
-                direction=">=",
-                value=value,
-                passed=value >= settings.gate_format_compliance_floor,
+            _level_criterion(
+                "format compliance (fine-tuned)", report.fine_tuned.format_compliance, ">=", settings.gate_format_compliance_floor
             )
         )
     if settings.gate_truncation_rate_ceiling is not None:
-        value = report.fine_tuned.truncation_rate
         criteria.append(
-            GateCriterion(
-                name="cut-off rate (fine-tuned)",
-                threshold=settings.gate_truncation_rate_ceiling,
-                direction="<=",
-                value=value,
-                passed=value <= settings.gate_truncation_rate_ceiling,
-            )
+            _level_criterion("cut-off rate (fine-tuned)", report.fine_tuned.truncation_rate, "<=", settings.gate_truncation_rate_ceiling)
         )
 
     failed = [criterion for criterion in criteria if not criterion.passed]
@@ -83,6 +71,11 @@ def decide(report: EvaluationReport, benchmarks: BenchmarkReport | None = None) 
             status="disabled", criteria=criteria, reasons=[f"the gate is off (gate_enabled: false) and blocks nothing; {would}", *reasons]
         )
     return GateDecision(status="failed" if failed else "passed", criteria=criteria, reasons=reasons)
+
+
+def _level_criterion(name: str, value: float, direction: str, threshold: float) -> GateCriterion:
+    passed = value >= threshold if direction == ">=" else value <= threshold
+    return GateCriterion(name=name, threshold=threshold, direction=direction, value=value, passed=passed)
 
 
 def _interval_criterion(name: str, comparison: PairedComparison | None, threshold: float, missing: str) -> GateCriterion:
