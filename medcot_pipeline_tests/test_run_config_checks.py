@@ -1,6 +1,6 @@
 """Run config that must not run: secrets refused before anything is stored, bad values refused before any step.
 
-Through the real entry points: `dagster asset materialize -c FILE` with MEDCOT_PROFILE unset (the README's
+Through the real entry points: `dagster asset materialize -c FILE` with MEDCOT_PROFILE unset (docs/profiles.md's
 form), `--config-json`, and the launchpad's GraphQL launch against a code server. After each, the instance's
 files under DAGSTER_HOME (the SQLite run and event storage) are scanned for the secret.
 """

@@ -1,4 +1,4 @@
-"""Scale out with real parts, all started here on 127.0.0.1, nothing mocked (README "Scale out").
+"""Scale out with real parts, all started here on 127.0.0.1, nothing mocked (docs/scale-out.md).
 
 - S3 (SeaweedFS) as the artifacts root, steps on this host: a run killed while training leaves nothing recorded,
   and a rerun with an empty local disk (another node) resumes from the checkpoint in S3.
