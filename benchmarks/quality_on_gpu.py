@@ -78,6 +78,9 @@ SETTINGS: dict[str, dict] = {
     "h100-profile-lr2e-3": {"layout": "h100", "lora": {"learning_rate": 2e-3}},
     "h100-profile-s134": {"layout": "h100", "lora": {"max_steps": 134, "eval_steps": 34}},
     "t4-profile": {"layout": "t4", "lora": {}},
+    # The demo profile as shipped, on a CPU (`--gpus cpu`), graded on 40 held-out records instead of its 6: what
+    # its 12 steps teach, and whether that survives another split (--seeds). Not the h100 target's scale.
+    "demo-profile": {"layout": "demo", "base": True, "lora": {}, "formatting": {"validation_size": 40}},
 }
 # --tiny: a two-layer random Llama on the CPU, a dozen records, two steps, two short answers.
 TINY = {"layout": "t4", "base": True, "lora": {
@@ -105,6 +108,7 @@ def build_profile(setting: dict, records: Path, artifacts: Path, base_model: str
     evaluation.update(num_questions=None, batch_size=64, kv_cache="dynamic", compare_with_base=bool(setting.get("base")))
     # No network on a GPU host: the stand-in benchmark sample (formatted_splits decontaminates against it).
     ops["benchmark_questions"] = {"config": {"source": "sample"}}
+    ops["formatted_splits"]["config"].update(setting.get("formatting", {}))
     if setting.get("split_seed") is not None:
         ops["formatted_splits"]["config"]["seed"] = setting["split_seed"]
     if tiny:
@@ -308,7 +312,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="all", help=f"comma-separated, or all: {', '.join(SETTINGS)}")
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS)
-    parser.add_argument("--gpus", default="0", help="GPU indices to spread the settings over")
+    parser.add_argument("--gpus", default="0", help="GPU indices to spread the settings over; `cpu` runs them on the CPU")
     parser.add_argument("--per-gpu", type=int, default=4, help="settings running at once on one GPU")
     parser.add_argument("--max-seq-length", type=int, default=1024)
     parser.add_argument("--lora-set", action="append", default=[], metavar="KEY=VALUE",
@@ -362,7 +366,7 @@ def main(argv=None) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "DAGSTER_HOME": str(folder), "MEDCOT_GPU_SLOTS": "1",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4"), "TOKENIZERS_PARALLELISM": "false",
                "TQDM_DISABLE": "1", "WANDB_MODE": "disabled", "DAGSTER_DISABLE_TELEMETRY": "1"}
-        if not args.tiny:
+        if not args.tiny and gpu != "cpu":
             env["CUDA_VISIBLE_DEVICES"] = gpu
             # Each process compiles into its own folder: Unsloth's compiled-module cache is per process tree.
             env["UNSLOTH_COMPILE_LOCATION"] = str(folder / "unsloth_compiled_cache")

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from medcot_pipeline.contracts import (
     BaseModelRef,
+    BenchmarkReport,
+    BenchmarkScores,
     DatasetProvenance,
     EvaluationReport,
+    GenerationTotals,
     ModelScores,
+    SplitsSummary,
     TrainingSummary,
     WandbRun,
 )
-from medcot_pipeline.settings import EvaluationSettings, TrainingSettings
+from medcot_pipeline.settings import BenchmarkEvaluationSettings, EvaluationSettings, FormattingSettings, TrainingSettings
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 
@@ -79,3 +83,30 @@ def evaluation_report(**overrides) -> EvaluationReport:
         code_version="e5e5e5e5e5e5",
     )
     return EvaluationReport(**{**values, **overrides})
+
+
+def benchmark_report(accuracy: tuple[float, float] = (0.6, 0.55), n: int = 20, **overrides) -> BenchmarkReport:
+    """benchmark_report.json for one benchmark, fine-tuned and base at these accuracies."""
+    by_model = [
+        BenchmarkScores(benchmark="medqa", n=n, accuracy=value, correct=round(value * n), no_choice={}, cut_off_rate=0.0,
+                        mean_output_tokens=300.0)
+        for value in accuracy
+    ]
+    totals = GenerationTotals(wall_seconds=1.0, total_new_tokens=n * 300, tokens_per_second=300.0 * n)
+    values = dict(
+        models={"fine_tuned": "/artifacts/merged_model/r1/model", "base": "meta-llama/Llama-3.2-3B-Instruct"},
+        merged_model_dir="/artifacts/merged_model/r1/model", settings=BenchmarkEvaluationSettings(), sources=[], questions=n,
+        fine_tuned=[by_model[0]], base=[by_model[1]], comparisons=[], generation={"fine_tuned": totals, "base": totals},
+        wall_seconds=2.0,
+    )
+    return BenchmarkReport(**{**values, **overrides})
+
+
+def splits_summary(**overrides) -> SplitsSummary:
+    """formatted_splits' summary.json with its counts."""
+    values = dict(
+        dataset=hub_dataset(), settings=FormattingSettings(), tokenizer="meta-llama/Llama-3.2-3B-Instruct", max_seq_length=2048,
+        cleaning={}, token_lengths={"max": 900.0}, over_max_seq_length=0, split={"seed": 3407}, input_rows=198,
+        train_rows=154, validation_rows=38, dropped_rows=6, dropped_share=0.03, content_sha256="c" * 64,
+    )
+    return SplitsSummary(**{**values, **overrides})

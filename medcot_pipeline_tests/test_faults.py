@@ -297,11 +297,12 @@ def fake_release_inputs(artifacts: Path) -> None:
     from safetensors.numpy import save_file
 
     from medcot_pipeline.contracts import BaseModelRef, MergeRecord
-    from medcot_pipeline_tests.contract_factories import evaluation_report, training_summary
+    from medcot_pipeline_tests.contract_factories import benchmark_report, evaluation_report, splits_summary, training_summary
 
     adapter, merged, report = (artifacts / "lora_adapter" / "r0" / "adapter", artifacts / "merged_model" / "r0" / "model",
                                artifacts / "rouge_report" / "r0")
-    for directory in (adapter, merged, report):
+    benchmarks, splits = artifacts / "benchmark_report" / "r0", artifacts / "formatted_splits" / "r0"
+    for directory in (adapter, merged, report, benchmarks, splits):
         directory.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     save_file({"lora_A.weight": np.ones((2, 4), dtype=np.float32)}, adapter / "adapter_model.safetensors")
@@ -315,8 +316,12 @@ def fake_release_inputs(artifacts: Path) -> None:
     MergeRecord(adapter_dir=str(adapter), adapter_sha256="0" * 64, base_model=base, dtype="float32", parameters=16,
                 weights_sha256=files_sha256(weights), size_bytes=weights[0].stat().st_size).write(merged)
     evaluation_report(merged_model_dir=str(merged)).write(report)
+    benchmark_report(merged_model_dir=str(merged)).write(benchmarks)
+    splits_summary().write(splits)
     (artifacts / "refs").mkdir()
-    for asset, path in (("lora_adapter", adapter), ("merged_model", merged), ("rouge_report", report)):
+    refs = (("lora_adapter", adapter), ("merged_model", merged), ("rouge_report", report), ("benchmark_report", benchmarks),
+            ("formatted_splits", splits))
+    for asset, path in refs:
         (artifacts / "refs" / f"{asset}.json").write_text(json.dumps({"path": str(path), "run_id": "r0"}))
 
 
@@ -652,8 +657,10 @@ def test_a_run_config_root_other_than_the_active_profile_s_is_the_run_s_root(tmp
     assert json.loads((run_root / "refs" / "raw_dataset.json").read_text())["location"] == str(run_root / "raw_dataset" / raw.run_id)
     assert sorted(p.name for p in (active_root / "raw_dataset").iterdir()) == [instance.get_runs()[-1].run_id]
 
-    # A later run of formatted_splits alone, with the same -c file, reads raw_dataset from the run's root.
-    splits = job.execute_in_process(instance=instance, run_config=run_config, asset_selection=[dg.AssetKey("formatted_splits")],
+    # A later run of formatted_splits (with the benchmark questions it is decontaminated against), with the same -c
+    # file, reads raw_dataset from the run's root.
+    splits = job.execute_in_process(instance=instance, run_config=run_config,
+                                    asset_selection=[dg.AssetKey("benchmark_questions"), dg.AssetKey("formatted_splits")],
                                     raise_on_error=False)
     assert splits.success, step_errors(instance, splits.run_id)
     assert SplitsSummary.read(run_root / "formatted_splits" / splits.run_id).dataset.location == str(records)

@@ -124,7 +124,7 @@ def test_a_run_whose_process_was_killed_gives_back_the_gpu_pool(tiny_llama_dir, 
     single = {**POOL_TRAINING, "num_gpus": 1}
     long_run = write_profile(tmp_path / "long.yaml", tiny_profile(tiny_llama_dir, artifacts, lora_adapter={**single, "max_steps": 100_000, "save_steps": 100_000}))
     short_run = write_profile(tmp_path / "short.yaml", tiny_profile(tiny_llama_dir, artifacts, lora_adapter={**single, "learning_rate": 2e-3}))
-    prepared = materialize(load_defs(long_run), instance, ["raw_dataset", "formatted_splits"])
+    prepared = materialize(load_defs(long_run), instance, ["raw_dataset", "benchmark_questions", "formatted_splits"])
     assert prepared.success, step_errors(instance, prepared.run_id)
 
     log = tmp_path / "cli.log"

@@ -72,5 +72,5 @@ def test_a_run_queued_with_no_daemon_to_take_it_is_reported(home, monkeypatch, c
     assert launched.returncode == 0, launched.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.QUEUED
-        assert wait_for_run.wait(instance, run_id) == 3
+        assert wait_for_run.wait(instance, run_id, home / "run.log") == 3
     assert f"run {run_id} is queued and no Dagster daemon has sent a heartbeat in the last 90 s" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from medcot_pipeline_tests.scale_out_services import BIN, BUCKET, REPO_ROOT
 pytestmark = pytest.mark.scale_out
 
 TRAINING_MODULE = "medcot_pipeline.training.run"
-GPU_STEPS = ("lora_adapter", "merged_model", "rouge_report")
+GPU_STEPS = ("lora_adapter", "merged_model", "rouge_report", "benchmark_report")
 CRASH_TRAINING = {"max_steps": 6, "save_steps": 2, "per_device_train_batch_size": 1, "eval_steps": None}
 
 
@@ -360,13 +360,16 @@ def test_the_demo_graph_runs_on_ray_with_each_step_where_its_request_fits(ray_ru
     assert ray_runs["demo_rc"] == 0 and run.status == dg.DagsterRunStatus.SUCCESS, ray_runs["logs"]["demo"].read_text()[-5000:]
     assert set(materialized(instance, run.run_id)) == set(ASSETS)
     checks = [e.dagster_event.event_specific_data for e in events(instance, run.run_id, "ASSET_CHECK_EVALUATION")]
-    assert len(checks) == 6 and all(c.passed for c in checks)
+    # Every check ran and passed but the release gate, which the demo profile turns off: a warning, never a pass.
+    assert {c.check_name for c in checks if not c.passed} == {"release_gate"}, [c for c in checks if not c.passed]
+    assert all(c.severity == dg.AssetCheckSeverity.WARN for c in checks if c.check_name == "release_gate")
 
     jobs = {op: job for (run_id, op), job in ray_runs["jobs"].items() if run_id == run.run_id}
     nodes = ray_runs["nodes"]
-    # Every step (six assets, six checks) was a Ray job, and Ray ran it where its request fits: the GPU steps on the
-    # worker, the only node with a GPU (and no CPU), everything else on the head (no GPU).
-    assert set(jobs) >= set(ASSETS) and len(jobs) == 12
+    # Every step (the assets and the checks that run as steps of their own) was a Ray job, and Ray ran it where its
+    # request fits: the GPU steps on the worker, the only node with a GPU (and no CPU), everything else on the head.
+    steps = {e.step_key for e in events(instance, run.run_id, "STEP_START")}
+    assert set(jobs) >= set(ASSETS) and set(jobs) == steps, (sorted(jobs), sorted(steps))
     for op, job in jobs.items():
         assert job.status.value == "SUCCEEDED", (op, job.message)
         assert nodes[job.driver_node_id] == ("worker" if op in GPU_STEPS else "head"), (op, nodes[job.driver_node_id])
@@ -386,7 +389,7 @@ def test_the_pipes_training_process_runs_on_the_node_ray_chose_and_reports_to_da
     assert re.search(r"training \S+ with transformers in 1 process\(es\)", logs), logs[-3000:]
     assert "checkpoint-2 committed to s3://" in logs
     metadata = materialized(instance, run.run_id)["lora_adapter"]
-    assert metadata["global_step"] == 2 and metadata["backend"] == "transformers"
+    assert metadata["global_step"] == 2 and "| backend | transformers |" in metadata["training"]
     assert [row.data["step"] for row in metadata["loss_per_step"].records] == [1, 2]
 
 

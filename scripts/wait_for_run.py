@@ -22,6 +22,7 @@ from medcot_pipeline.defs.run_log import follow_run
 LIVE_HEARTBEAT_SECONDS = 90
 # How long a run may sit queued with no live daemon before we say so (a daemon just started needs a moment).
 QUEUED_WITHOUT_DAEMON_SECONDS = 120
+POLL_SECONDS = 1.0
 
 
 def daemon_is_live(instance: dg.DagsterInstance) -> bool:
@@ -44,7 +45,7 @@ class QueuedWithoutDaemon:
 
 
 def wait(instance: dg.DagsterInstance, run_id: str, log_file: Path) -> int:
-    run = follow_run(instance, run_id, sys.stdout, log_file, give_up=QueuedWithoutDaemon(instance))
+    run = follow_run(instance, run_id, sys.stdout, log_file, interval=POLL_SECONDS, give_up=QueuedWithoutDaemon(instance))
     if run is None:
         print(f"medcot: no run {run_id} in {instance.root_directory}", file=sys.stderr)
         return 1
