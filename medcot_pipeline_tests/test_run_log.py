@@ -34,6 +34,12 @@ def recorded(context):
                                   severity=dg.AssetCheckSeverity.WARN, description="trained.rows 40 -> 20")
 
 
+@dg.asset_check(asset=trained)
+def gate(trained: int) -> dg.AssetCheckResult:
+    """As the release_gate check answers when the profile turns the gate off."""
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"status": "disabled"})
+
+
 @dg.asset
 def released(trained: int) -> None:
     raise dg.Failure("HF_HUB_OFFLINE is set: nothing can be pushed\nsecond line of the error")
@@ -41,7 +47,7 @@ def released(trained: int) -> None:
 
 def test_the_terminal_shows_progress_and_the_file_keeps_every_event(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([cleaned, trained, trained_is_positive, recorded, released], instance=instance, raise_on_error=False)
+    result = dg.materialize([cleaned, trained, trained_is_positive, recorded, gate, released], instance=instance, raise_on_error=False)
     assert not result.success
     terminal, log_file = io.StringIO(), tmp_path / "logs" / "run.log"
     run = follow_run(instance, result.run_id, terminal, log_file)
@@ -56,6 +62,8 @@ def test_the_terminal_shows_progress_and_the_file_keeps_every_event(tmp_path):
     # A check of several assets: a failure in a line of its own, with what it found; what passed, said once.
     assert "trained           check recorded: FAILED (warn): trained.rows 40 -> 20" in lines
     assert "cleaned           check recorded: passed" in lines
+    # A gate turned off reads as neither a pass nor a failure.
+    assert "trained           check gate: DISABLED, blocks nothing (not a pass)" in lines
     assert any(re.fullmatch(r"cleaned +done in \d+\.\d s", line) for line in lines)
     failure = next(line for line in lines if line.startswith("released          FAILED"))
     assert re.fullmatch(r"released +FAILED after \d+\.\d s: HF_HUB_OFFLINE is set: nothing can be pushed", failure)

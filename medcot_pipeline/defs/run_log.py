@@ -132,6 +132,9 @@ class RunLogFollower:
             if evaluation.passed:  # said when the check's step ends: one line for a check of many assets
                 self.passed.setdefault(step, []).append((evaluation.check_name, asset))
                 return None
+            status = evaluation.metadata.get("status")
+            if status is not None and status.value == "disabled":  # a gate turned off: neither a pass nor a failure
+                return self._say(entry, asset, f"check {evaluation.check_name}: DISABLED, blocks nothing (not a pass)")
             severity = evaluation.severity.value.lower()
             detail = f": {evaluation.description}" if evaluation.description else ""
             return self._say(entry, asset, f"check {evaluation.check_name}: FAILED ({severity}){detail}")
