@@ -248,6 +248,7 @@ class ModelScores(Contract):
 
 # One JSON object a line per answered question (model, question, reference, output, scores), beside report.json.
 SAMPLES_FILE = "samples.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"  # beside the adapter: the training loss and eval loss per step, as a PNG
 
 
 class PairedComparison(Contract):

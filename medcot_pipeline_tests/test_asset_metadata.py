@@ -10,13 +10,13 @@ import dagster as dg
 from huggingface_hub import ModelCard
 
 from medcot_pipeline.defs.metadata import metadata_values, model_card_markdown
+from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.presentation.answers import answer_flags, answers_side_by_side, answers_table, best_and_worst, is_looping, read_samples
 from medcot_pipeline.presentation.charts import CHART_WIDTH, INLINE_LIMIT, LossSeries, loss_chart_markdown
-from medcot_pipeline.presentation.entries import Markdown, Table, as_pipes_metadata
+from medcot_pipeline.presentation.entries import Markdown, Table
 from medcot_pipeline.presentation.report import rouge_report_page
 from medcot_pipeline.presentation.text import number_text, rounded, score_text, shorten, table_cell
 from medcot_pipeline.presentation.training import lora_adapter_page
-from medcot_pipeline.evaluation.release_gate import decide
 from medcot_pipeline.settings import EvaluationSettings, TrainingSettings
 from medcot_pipeline_tests.contract_factories import evaluation_report, training_summary
 
@@ -182,9 +182,6 @@ def test_the_lora_adapter_page_fits_and_charts_only_what_changes():
     assert len(curve) < INLINE_LIMIT and curve.startswith("![loss per step](<data:image/svg+xml,")
     svg = unquote(curve[curve.index("<data:") + len("<data:image/svg+xml,"):-2])
     assert f"width='{CHART_WIDTH}'" in svg and "12: 75% well-formed, kept" in svg and "2.500" not in svg
-    # The same entries as Pipes sends them from the training process.
-    pipes = as_pipes_metadata(page)
-    assert pipes["loss_curve"]["type"] == "md" and pipes["loss_per_step"]["type"] == "table" and pipes["global_step"] == {"raw_value": 12, "type": "int"}
 
 
 def test_a_long_run_still_charts_inline_with_every_evaluation_labelled():

@@ -150,15 +150,19 @@ def test_two_gloo_processes_share_the_batch_and_only_rank_zero_writes(tiny_llama
 
     @dg.asset
     def lora_adapter(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
-        return pipes.run(
+        from medcot_pipeline.defs.assets.model import adapter_page
+
+        pipes.run(
             command=distributed.launch_command(2, TRAINING_MODULE), context=context, extras=extras,
             env=distributed.launch_env(2, tmp_path / "failure.json"),
-        ).get_materialize_result()
+        ).get_materialize_result()  # reported once, by rank 0
+        # As the real step does: the page from what rank 0 wrote beside the adapter.
+        return dg.MaterializeResult(metadata=adapter_page(tmp_path / "adapter"))
 
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([lora_adapter], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance, raise_on_error=False)
     assert result.success
-    [materialization] = result.asset_materializations_for_node("lora_adapter")  # reported once, by rank 0
+    [materialization] = result.asset_materializations_for_node("lora_adapter")
     assert materialization.metadata["global_step"].value == 2
     assert [row.data["step"] for row in materialization.metadata["loss_per_step"].value.records] == [1, 2]
 

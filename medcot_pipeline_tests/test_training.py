@@ -245,11 +245,15 @@ def test_the_entry_point_imports_neither_dagster_nor_a_library_that_unsloth_must
 
 
 def materialize_training(job: TrainingJob, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    from medcot_pipeline.defs.assets.model import adapter_page
+
     @dg.asset
     def lora_adapter(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
-        return pipes.run(
+        reported = pipes.run(
             command=[sys.executable, "-m", "medcot_pipeline.training.run"], context=context, extras=job.model_dump(mode="json")
         ).get_materialize_result()
+        # As the real step does: the page from what the process wrote beside the adapter.
+        return dg.MaterializeResult(metadata={**(reported.metadata or {}), **adapter_page(Path(job.output_dir))})
 
     return dg.materialize(
         [lora_adapter], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance, raise_on_error=False

@@ -1,5 +1,5 @@
-"""What one metadata entry of an asset page is, without Dagster: the writers (defs/metadata.py for steps,
-training/run.py for the Pipes process) turn each into its own typed value.
+"""What one metadata entry of an asset page is, without Dagster: defs/metadata.py turns each into Dagster's
+typed value.
 
 Plain `int`, `float`, `str` and `bool` stand for themselves; `None` is never an entry (a page leaves out what
 it does not know, and the Plots tab would draw a null as a series).
@@ -66,28 +66,3 @@ def without_empty(entries: dict[str, Any]) -> dict[str, Entry]:
             continue
         kept[key] = value
     return kept
-
-
-def as_pipes_metadata(entries: dict[str, Entry]) -> dict[str, dict]:
-    """The entries as Dagster Pipes sends metadata (`{"raw_value": ..., "type": ...}`), for a process that reports
-    through `dagster_pipes` and never imports Dagster."""
-
-    def typed(value: Entry) -> dict:
-        if isinstance(value, Markdown):
-            return {"raw_value": value.text, "type": "md"}
-        if isinstance(value, Table):
-            schema = [
-                {"name": name, "type": kind, **({"description": value.descriptions[name]} if name in value.descriptions else {})}
-                for name, kind in value.columns
-            ]
-            return {"raw_value": {"records": value.records, "schema": schema}, "type": "table"}
-        if isinstance(value, Json):
-            return {"raw_value": value.value, "type": "json"}
-        if isinstance(value, FilePath):
-            return {"raw_value": value.path, "type": "path"}
-        if isinstance(value, Link):
-            return {"raw_value": value.url, "type": "url"}
-        kind = "bool" if isinstance(value, bool) else "int" if isinstance(value, int) else "float" if isinstance(value, float) else "text"
-        return {"raw_value": value, "type": kind}
-
-    return {key: typed(value) for key, value in entries.items()}

@@ -78,7 +78,11 @@ def torchrun_main(argv: list[str]) -> None:
     except ChildFailedError as err:
         failure_file = os.environ.get(FAILURE_FILE_ENV)
         if failure_file:
-            rank, failure = err.get_first_failure()
+            # A rank killed by a signal is the cause, whatever torchrun saw first: the ranks it left in a collective
+            # fail a moment later with "Connection closed by peer", and may be observed in the same poll, earlier.
+            # SIGTERM is torchrun's own stop for the ranks still running, never a cause.
+            killed = {r: f for r, f in err.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
+            rank, failure = min(killed.items(), key=lambda item: item[1].timestamp) if killed else err.get_first_failure()
             message = failure.message  # a signal's description, or the rank's error file (training/run.py records it)
             if isinstance(message, dict):
                 message = message.get("extraInfo", {}).get("py_callstack") or message.get("message", "")

@@ -22,13 +22,11 @@ from pathlib import Path
 from medcot_pipeline import backends, data_parallel
 from medcot_pipeline.artifact_io import atomic_directory
 from medcot_pipeline.checkpoints import newest_complete_checkpoint
-from medcot_pipeline.contracts import TrainingJob, TrainingSummary
+from medcot_pipeline.contracts import LOSS_CURVE_FILE, TrainingJob, TrainingSummary
 from medcot_pipeline.data.schema import EVALUATION_COLUMNS, TRAINING_COLUMNS, read_split
 from medcot_pipeline.environment import hardware_name, library_versions
 from medcot_pipeline.settings import TrainingSettings
 from medcot_pipeline.training.wandb_run import start_wandb, wandb_location
-
-LOSS_CURVE_FILE = "loss_curve.png"
 
 
 class LoraFinetuneRecipe:

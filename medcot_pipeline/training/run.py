@@ -10,11 +10,12 @@ them after the backend is prepared, because Unsloth must be imported before them
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from medcot_pipeline import data_parallel
-from medcot_pipeline.contracts import TrainingJob, TrainingSummary
-from medcot_pipeline.training.recipe import LOSS_CURVE_FILE, LoraFinetuneRecipe
+from medcot_pipeline.contracts import LOSS_CURVE_FILE, TrainingJob, TrainingSummary
+from medcot_pipeline.training.recipe import LoraFinetuneRecipe
+
+__all__ = ["LOSS_CURVE_FILE", "main", "train"]
 
 
 def train(job: TrainingJob, log: logging.Logger) -> TrainingSummary:
@@ -46,21 +47,11 @@ def main() -> None:
         for handler in pipes.log.handlers:
             package_logger.addHandler(handler)
         job = TrainingJob.parse(pipes.extras, "Pipes extras")
-        summary = train(job, pipes.log)
-        pipes.report_asset_materialization(metadata=materialization_metadata(summary, Path(job.output_dir)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Presentation: the page is medcot_pipeline/presentation's (the same functions the Dagster steps and the model
-# card use); here it only becomes Pipes' typed values, plain dicts with no dagster import.
-
-
-def materialization_metadata(summary: TrainingSummary, adapter_dir: Path) -> dict:
-    """lora_adapter's page (presentation/training.py), as Pipes metadata."""
-    from medcot_pipeline.presentation.entries import as_pipes_metadata
-    from medcot_pipeline.presentation.training import lora_adapter_page
-
-    return as_pipes_metadata(lora_adapter_page(summary, adapter_dir / LOSS_CURVE_FILE))
+        train(job, pipes.log)
+        # The page is built by the step from the summary and the PNG written beside the adapter, not sent here: a
+        # Pipes message is one JSON line, and Dagster's file reader can read a long one (the inline PNG) before
+        # its end and lose it.
+        pipes.report_asset_materialization()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from pathlib import Path
 
 import dagster as dg
 
@@ -104,12 +105,13 @@ def lora_adapter(
     adapter_dir = artifacts.version_dir("lora_adapter", context.run_id) / "adapter"
     # The training process only knew the staging directory; this is where the adapter now is.
     context.log.info(f"adapter at {adapter_dir}")
-    # The training process reported the page (presentation/training.py: processes and the global batch are in
-    # its `training` table, not numbers the Plots tab would draw as flat lines); where the adapter now is, here.
+    # The page (presentation/training.py: processes and the global batch are in its `training` table, not numbers
+    # the Plots tab would draw as flat lines), from what the training process wrote beside the adapter.
     return dg.Output(
         str(adapter_dir),
         metadata={
             **(result.metadata or {}),
+            **adapter_page(adapter_dir),
             "path": dg.MetadataValue.path(str(adapter_dir)),
             "size": size_text(tree_bytes(adapter_dir)),
             "content_sha256": tree_sha256(adapter_dir),
@@ -117,6 +119,15 @@ def lora_adapter(
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
         },
     )
+
+
+def adapter_page(adapter_dir: Path) -> dict:
+    """lora_adapter's page from its training summary and loss-curve PNG."""
+    from medcot_pipeline.contracts import LOSS_CURVE_FILE, TrainingSummary
+    from medcot_pipeline.defs.metadata import metadata_values
+    from medcot_pipeline.presentation.training import lora_adapter_page
+
+    return metadata_values(lora_adapter_page(TrainingSummary.read(adapter_dir), adapter_dir / LOSS_CURVE_FILE))
 
 
 # The adapter's every byte is checked against what training recorded before it is merged into the base.
